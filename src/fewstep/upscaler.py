@@ -1,0 +1,102 @@
+"""The one object every model presents to the CLI, the evaluator and the Python API.
+
+An `Upscaler` turns a low-resolution RGB image in [0, 1] into a restored image in [0, 1].
+Models register a factory under a name (``fewstep.load(name)``); the factory is imported lazily,
+so that ``import fewstep`` stays cheap and optional dependencies (diffusers, ...) are only needed
+by the models that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import FewstepError
+
+
+class Upscaler:
+    """Base class: subclasses implement `restore` on float tensors.
+
+    Attributes:
+        name:  registry name ("fewstep-small", "bicubic", "realsr-v3", ...).
+        scale: output size / input size (1 for inpainting and face restoration).
+        nfe:   network evaluations per image (0 for classical methods), for reports.
+    """
+
+    name: str = "upscaler"
+    scale: int = 4
+    nfe: int = 0
+    needs_mask: bool = False
+
+    def restore(self, lr: torch.Tensor, *, seed: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """lr: (1, 3, h, w) float in [0, 1] -> (1, 3, h*scale, w*scale) float in [0, 1]."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def upscale(self, image: np.ndarray, *, seed: int = 0, mask: np.ndarray | None = None) -> np.ndarray:
+        """Convenience for arrays: HxWx3 uint8 (or float in [0, 1]) -> HxWx3 uint8."""
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise FewstepError(f"expected an HxWx3 RGB array, got shape {arr.shape}")
+        x = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
+        x = x.permute(2, 0, 1)[None]
+        m = None
+        if mask is not None:
+            m = torch.from_numpy((np.asarray(mask) > 0).astype(np.float32))[None, None]
+        y = self.restore(x, seed=seed, mask=m)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        return np.round(y * 255.0).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: how to build it and a one-line description for `fewstep weights`."""
+
+    name: str
+    factory: str  # "module.path:function" -> function(**kwargs) -> Upscaler
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, factory: str, description: str) -> None:
+    _REGISTRY[name] = ModelEntry(name, factory, description)
+
+
+def available() -> dict[str, ModelEntry]:
+    _register_builtin()
+    return dict(_REGISTRY)
+
+
+def load(name: str, **kwargs) -> Upscaler:
+    """Build the registered model `name` (kwargs: weights=DIR, device=..., dtype=..., ...)."""
+    entries = available()
+    if name not in entries:
+        raise FewstepError(f"unknown model {name!r}; available: {', '.join(sorted(entries))}")
+    module_name, func_name = entries[name].factory.split(":")
+    factory: Callable[..., Upscaler] = getattr(importlib.import_module(module_name), func_name)
+    return factory(name=name, **kwargs)
+
+
+_BUILTIN_DONE = False
+
+
+def _register_builtin() -> None:
+    """Each subsystem lists its models in a `MODELS` table in its `models.py`; read them once."""
+    global _BUILTIN_DONE
+    if _BUILTIN_DONE:
+        return
+    _BUILTIN_DONE = True
+    for pkg in ("fewstep.baselines", "fewstep.resshift", "fewstep.s3diff", "fewstep.skipdiff"):
+        try:
+            mod = importlib.import_module(pkg + ".models")
+        except ModuleNotFoundError as e:  # subsystem not present yet / optional
+            if e.name and e.name.startswith(pkg):
+                continue
+            raise
+        for name, factory, description in mod.MODELS:
+            register(name, factory, description)
