@@ -102,3 +102,27 @@ class TileBlender:
 
     def result(self) -> torch.Tensor:
         return self.canvas / self.weight
+
+
+def run_tiled(x: torch.Tensor, fn, *, scale: int, tile: int | None, overlap: int = 32, blend: str = "gaussian",
+              tile_batch: int = 1, progress: bool = False, out_channels: int | None = None) -> torch.Tensor:
+    """Apply `fn` tile by tile and blend: x (B,C,H,W) -> (B,C',H*scale,W*scale).
+
+    `fn(crops, tiles)` gets the crops of up to `tile_batch` tiles concatenated along the batch
+    dimension (tile-major: crops[j*B:(j+1)*B] is tile j) and returns their outputs in that order.
+    """
+    from tqdm import tqdm
+
+    b, c, h, w = x.shape
+    tiles = plan_tiles(h, w, tile, overlap).tiles()
+    blender = TileBlender(b, out_channels or c, h * scale, w * scale, mode=blend, device=x.device)
+    step = max(1, int(tile_batch))
+    with tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=not progress or len(tiles) == 1) as bar:
+        for i in range(0, len(tiles), step):
+            group = tiles[i:i + step]
+            crops = torch.cat([x[(slice(None), slice(None), *t.slices())] for t in group])
+            out = fn(crops, group)
+            for j, t in enumerate(group):
+                blender.add(out[j * b:(j + 1) * b], *t.slices(scale))
+            bar.update(len(group))
+    return blender.result()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from .errors import FewstepError
+
+if TYPE_CHECKING:  # torch/numpy are imported where used, so `import fewstep` stays fast
+    import numpy as np
+    import torch
 
 
 class Upscaler:
@@ -36,9 +37,11 @@ class Upscaler:
         """lr: (1, 3, h, w) float in [0, 1] -> (1, 3, h*scale, w*scale) float in [0, 1]."""
         raise NotImplementedError
 
-    @torch.no_grad()
     def upscale(self, image: np.ndarray, *, seed: int = 0, mask: np.ndarray | None = None) -> np.ndarray:
         """Convenience for arrays: HxWx3 uint8 (or float in [0, 1]) -> HxWx3 uint8."""
+        import numpy as np
+        import torch
+
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise FewstepError(f"expected an HxWx3 RGB array, got shape {arr.shape}")
@@ -47,7 +50,8 @@ class Upscaler:
         m = None
         if mask is not None:
             m = torch.from_numpy((np.asarray(mask) > 0).astype(np.float32))[None, None]
-        y = self.restore(x, seed=seed, mask=m)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        with torch.no_grad():
+            y = self.restore(x, seed=seed, mask=m)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         return np.round(y * 255.0).astype(np.uint8)
 
 
@@ -73,7 +77,16 @@ def available() -> dict[str, ModelEntry]:
 
 
 def load(name: str, **kwargs) -> Upscaler:
-    """Build the registered model `name` (kwargs: weights=DIR, device=..., dtype=..., ...)."""
+    """Build the registered model `name` (kwargs: weights=DIR, device=..., dtype=..., ...).
+
+    `name` may also be a model folder (one holding `fewstep_model.json`), e.g. a trained export.
+    """
+    from pathlib import Path
+
+    if (Path(name) / "fewstep_model.json").is_file():
+        from .resshift.models import load_folder
+
+        return load_folder(name, **kwargs)
     entries = available()
     if name not in entries:
         raise FewstepError(f"unknown model {name!r}; available: {', '.join(sorted(entries))}")

@@ -23,7 +23,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..tiling import TileBlender, plan_tiles
+from ..errors import FewstepError
+from ..tiling import run_tiled
 from ..upscaler import Upscaler
 from .chain import ResShiftChain
 
@@ -141,31 +142,21 @@ class ResShiftUpscaler(Upscaler):
 
     @torch.no_grad()
     def restore(self, lr: torch.Tensor, *, seed: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
-        from tqdm import tqdm
-
         if self.needs_mask and mask is None:
-            from ..errors import FewstepError
-
             raise FewstepError(f"model {self.name!r} needs a mask (--mask)")
         x = lr.to(self.pipe.device, torch.float32) * 2 - 1
-        b, c, h, w = x.shape
-        plan = plan_tiles(h, w, self.tile, self.overlap)
-        tiles = plan.tiles()
-        s = self.scale
-        blender = TileBlender(b, c, h * s, w * s, mode=self.blend, device=x.device)
+        b = x.shape[0]
         m = mask.to(x.device, torch.float32) if mask is not None else None
-        bar = tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=self.quiet or len(tiles) == 1)
-        for i in range(0, len(tiles), self.tile_batch):
-            group = tiles[i:i + self.tile_batch]
-            crops = torch.cat([x[:, :, t.slices()[0], t.slices()[1]] for t in group])
-            seeds = [tile_seed(seed, t.top, t.left) for t in group for _ in range(b)]
-            mcrops = torch.cat([m[:, :, t.slices()[0], t.slices()[1]] for t in group]) if m is not None else None
-            out = self.pipe.sample(crops, seed=seeds, mask=mcrops, dtype=self.dtype).clamp(-1, 1)
-            for j, t in enumerate(group):
-                blender.add(out[j * b:(j + 1) * b], *t.slices(s))
-            bar.update(len(group))
-        bar.close()
-        y = blender.result() * 0.5 + 0.5
-        if m is not None and s == 1:  # keep the known pixels (the official `mask_back`)
+        if m is not None:  # carry the mask as an extra channel so it is cut into the same tiles
+            x = torch.cat([x, m], dim=1)
+
+        def restore_tiles(crops, tiles):
+            seeds = [tile_seed(seed, t.top, t.left) for t in tiles for _ in range(b)]
+            img, mk = (crops[:, :3], crops[:, 3:]) if m is not None else (crops, None)
+            return self.pipe.sample(img, seed=seeds, mask=mk, dtype=self.dtype).clamp(-1, 1)
+
+        y = run_tiled(x, restore_tiles, scale=self.scale, tile=self.tile, overlap=self.overlap, blend=self.blend,
+                      tile_batch=self.tile_batch, progress=not self.quiet, out_channels=3) * 0.5 + 0.5
+        if m is not None and self.scale == 1:  # keep the known pixels (the official `mask_back`)
             y = y * m + lr.to(y) * (1 - m)
         return y.clamp(0, 1)

@@ -1,0 +1,221 @@
+"""ResShift against the official code's numbers (tests/fixtures/resshift, see its README)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fewstep.errors import CheckpointError
+from fewstep.resshift import ResShiftChain, ResShiftPipeline, SwinUNet, VQModel, load_unet, load_vq
+from fewstep.resshift.checkpoint import load_into, read_state_dict
+from fewstep.resshift.unet import official_shift_mask
+
+FIX = Path(__file__).parent / "fixtures" / "resshift"
+
+
+def _cfg(name: str) -> dict:
+    return json.loads((FIX / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return load_unet(FIX / "unet_tiny.pth", _cfg("unet_tiny_config.json")["constructor_kwargs"])
+
+
+@pytest.fixture(scope="module")
+def vq():
+    return load_vq(FIX / "vq_tiny.pth", _cfg("vq_tiny_config.json")["constructor_kwargs"])
+
+
+def _chain(params: dict) -> ResShiftChain:
+    return ResShiftChain(steps=params["steps"], min_noise_level=params["min_noise_level"], kappa=params["kappa"],
+                         etas_end=params["etas_end"], power=params["schedule_kwargs"]["power"])
+
+
+# ---------------------------------------------------------------------------------- schedules
+@pytest.mark.parametrize("name", ["v1_v2_realsr", "v3_journal"])
+def test_schedule_tables_match_official(name):
+    entry = _cfg("schedules.json")["schedules"][name]
+    chain = _chain(entry["params"])
+    ref = entry["float64"]
+    for key in ("sqrt_etas", "etas", "etas_prev", "alpha", "posterior_variance", "posterior_variance_clipped",
+                "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+                "kappa_sqrt_etas", "input_std"):
+        np.testing.assert_allclose(getattr(chain, key), ref[key], rtol=1e-12, atol=0, err_msg=key)
+    rt = entry["float32_runtime"]
+    t = torch.arange(chain.steps)
+    x = torch.ones(chain.steps, 1, 1, 1)
+    np.testing.assert_allclose((1 / chain.scale_input(x, t)).flatten().numpy(), rt["input_std"], atol=1e-6)
+    np.testing.assert_allclose(chain.scale_input(x, t).flatten().numpy(), rt["input_scale_by_division"], atol=1e-6)
+    _, _, logvar = chain.posterior_mean_variance(x, x, t)
+    np.testing.assert_allclose(torch.exp(0.5 * logvar).flatten().numpy(), rt["posterior_std"], atol=1e-6)
+
+
+def test_journal_schedule_uses_new_s1_formula():
+    chain = ResShiftChain(steps=4, min_noise_level=0.2, kappa=2.0)
+    np.testing.assert_allclose(chain.sqrt_etas, [0.1, 0.520096, 0.761382, 0.99], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- networks
+def test_unet_matches_official_square_and_nonsquare(unet):
+    io = load_file(str(FIX / "unet_tiny_io.safetensors"))
+    with torch.no_grad():
+        out = unet(io["x"], io["timesteps"], lq=io["lq"])
+        out_ns = unet(io["x_nonsq"], io["timesteps_nonsq"], lq=io["lq_nonsq"])
+    assert (out - io["out"]).abs().max() <= 1e-4
+    assert (out_ns - io["out_nonsq"]).abs().max() <= 1e-4
+
+
+def test_closed_form_shift_mask_equals_official_stored_buffers():
+    """The attn_mask buffers in the official file were computed by the official calculate_mask."""
+    sd = read_state_dict(FIX / "unet_tiny.pth")
+    masks = {k: v for k, v in sd.items() if k.endswith("attn_mask")}
+    assert len(masks) == 6
+    for key, stored in masks.items():
+        res = int(round((stored.shape[0]) ** 0.5)) * 8
+        assert torch.equal(official_shift_mask(res, res, 8, 4), stored), key
+
+
+def test_vq_encode_decode_match_official(vq):
+    io = load_file(str(FIX / "vq_tiny_io.safetensors"))
+    with torch.no_grad():
+        assert (vq.encode(io["image"]) - io["latent"]).abs().max() <= 1e-4
+        assert torch.equal(vq.quantize.codes(io["latent"]), io["latent_codes"])
+        assert torch.equal(vq.quantize(io["latent"])[0], io["latent_quantized"])
+        assert (vq.decode(io["latent"]) - io["decoded"]).abs().max() <= 2e-4
+        assert (vq.decode(io["latent"], force_not_quantize=True) - io["decoded_no_quantize"]).abs().max() <= 2e-4
+        assert torch.equal(vq.quantize.codes(io["rand_latent"]), io["rand_latent_codes"])
+        assert (vq.decode(io["rand_latent"]) - io["rand_decoded"]).abs().max() <= 2e-4
+
+
+def test_vq_codebook_search_is_chunked_consistently(vq):
+    z = torch.randn(1, 3, 40, 24, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(vq.quantize.codes(z, chunk=7), vq.quantize.codes(z))
+
+
+# ---------------------------------------------------------------------------------- sampler
+@pytest.mark.parametrize("version", ["v3", "v1"])
+def test_sampler_end_to_end_matches_official(unet, vq, version):
+    cfg = _cfg(f"sampler_{version}_config.json")
+    io = load_file(str(FIX / f"sampler_{version}_io.safetensors"))
+    pipe = ResShiftPipeline(unet, vq, _chain(cfg["diffusion_params"]), scale=4)
+    x0s = []
+    noise = [io["eps0"], *io["step_noises"]]
+    out = pipe.sample(io["lr"], noise=noise, callback=lambda k, t, z, x0: x0s.append(x0))
+    if "pred_x0" in io:
+        for k, x0 in enumerate(x0s):
+            assert (x0 - io["pred_x0"][k]).abs().max() <= 1e-4, k
+    assert (x0s[-1] - io["z_final"]).abs().max() <= 1e-4
+    assert torch.equal(vq.quantize.codes(x0s[-1]), io["final_codes"])
+    assert (out - io["decoded"]).abs().max() <= 2e-4
+    assert (out.clamp(-1, 1) - io["decoded_clamped"]).abs().max() <= 2e-4
+
+
+def test_sampler_pads_and_crops_like_official(unet, vq):
+    pipe = ResShiftPipeline(unet, vq, ResShiftChain(steps=4), scale=4)
+    lr = torch.rand(1, 3, 40, 70) * 2 - 1
+    out = pipe.sample(lr, seed=3)
+    assert out.shape == (1, 3, 160, 280)
+    # the padded region is reflect-padded content: sampling the explicitly padded LR gives the
+    # same pixels in the kept area
+    padded = torch.nn.functional.pad(lr, (0, 58, 0, 24), mode="reflect")
+    out_p = pipe.sample(padded, seed=3)
+    assert torch.allclose(out, out_p[..., :160, :280], atol=1e-5)
+
+
+def test_seeds_make_samples_independent_of_batch(unet, vq):
+    pipe = ResShiftPipeline(unet, vq, ResShiftChain(steps=4), scale=4)
+    lr = torch.rand(2, 3, 64, 64) * 2 - 1
+    both = pipe.sample(lr, seed=[11, 12])
+    one = pipe.sample(lr[1:], seed=12)
+    assert torch.allclose(both[1:], one, atol=1e-5)
+    assert not torch.allclose(pipe.sample(lr[1:], seed=13), one, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------- chain math
+def test_jumps_compose_and_respacing_keeps_network_timesteps():
+    chain = ResShiftChain(steps=15, min_noise_level=0.04)
+    x_t, x0 = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    # jump t -> s given x0 then s -> r equals t -> r in mean and variance
+    a1, b1, v1 = chain.jump_coefficients(10, 6)
+    a2, b2, v2 = chain.jump_coefficients(6, 2)
+    a, b, v = chain.jump_coefficients(10, 2)
+    assert np.isclose(a1 * a2, a) and np.isclose(a2 * b1 + b2, b) and np.isclose(a2 ** 2 * v1 + v2, v)
+    # one-step jump equals the posterior
+    mean, var, _ = chain.posterior_mean_variance(x_t, x0, torch.tensor([7]))
+    jm, jv = chain.jump(x_t, x0, 7, 6)
+    assert torch.allclose(mean, jm, atol=1e-6) and np.isclose(var.item(), jv, rtol=1e-6)
+    sub = chain.respaced([0, 7, 14])
+    assert sub.steps == 3 and list(sub.timestep_map) == [0, 7, 14]
+    np.testing.assert_allclose(sub.sqrt_etas, chain.sqrt_etas[[0, 7, 14]])
+    assert sub.model_timesteps(torch.tensor([2, 1])).tolist() == [14, 7]
+
+
+# ---------------------------------------------------------------------------------- manifests & loader
+@pytest.mark.parametrize("manifest", ["unet_keys_realsr.txt", "unet_keys_realsr_x2.txt", "unet_keys_inpaint.txt",
+                                      "unet_keys_faceir.txt", "vq_f4_keys.txt", "vq_f8_face_keys.txt"])
+def test_full_size_architectures_have_official_keys_and_shapes(manifest):
+    summary = _cfg("keys/keys_summary.json")["files"][manifest]
+    with torch.device("meta"):
+        model = (VQModel if manifest.startswith("vq") else SwinUNet)(**summary["constructor_kwargs"])
+    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    ref = []
+    for line in (FIX / "keys" / manifest).read_text().strip().splitlines():
+        k, shape, dt = line.split("\t")
+        ref.append((k, json.loads(shape), dt))
+    assert ours == ref
+    assert sum(p.numel() for p in model.parameters()) == summary["parameters"]
+
+
+def test_loader_accepts_every_released_layout(tmp_path):
+    cfg = _cfg("unet_tiny_config.json")["constructor_kwargs"]
+    sd = read_state_dict(FIX / "unet_tiny.pth")  # {'state_dict': {'module.' + k}} unwrapped
+    ref = SwinUNet(**cfg)
+    load_into(ref, sd)
+    x, t = torch.randn(1, 3, 64, 64), torch.tensor([1])
+    with torch.no_grad():
+        expected = ref(x, t, lq=x)
+    variants = {
+        "bare.pth": dict(sd),
+        "compiled.pth": {"module._orig_mod." + k: v for k, v in sd.items()},
+        "no_buffers.pth": {k: v for k, v in sd.items() if not k.endswith(("attn_mask", "relative_position_index"))},
+        "wrapped.pth": {"state_dict": {"_orig_mod." + k: v for k, v in sd.items()}},
+    }
+    for name, content in variants.items():
+        torch.save(content, tmp_path / name)
+        m = load_unet(tmp_path / name, cfg)
+        with torch.no_grad():
+            assert torch.equal(m(x, t, lq=x), expected), name
+
+
+def test_loader_names_missing_unexpected_and_mismatched_keys(tmp_path):
+    cfg = _cfg("unet_tiny_config.json")["constructor_kwargs"]
+    sd = read_state_dict(FIX / "unet_tiny.pth")
+    missing = dict(sd)
+    del missing["out.2.weight"]
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match=r"missing 1 key.*out\.2\.weight"):
+        load_unet(tmp_path / "missing.pth", cfg)
+    extra = dict(sd, **{"extra_head.weight": torch.zeros(3)})
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match=r"unexpected 1 key.*extra_head\.weight"):
+        load_unet(tmp_path / "extra.pth", cfg)
+    bad = dict(sd, **{"out.2.bias": torch.zeros(4)})
+    torch.save(bad, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match=r"shape mismatch for 'out\.2\.bias'"):
+        load_unet(tmp_path / "shape.pth", cfg)
+
+
+def test_loader_refuses_pickled_code(tmp_path):
+    from fewstep.errors import FewstepError
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Path("x")}, path)  # a non-tensor object
+    with pytest.raises(FewstepError, match="evil.pth: cannot read checkpoint"):
+        read_state_dict(path)
+
