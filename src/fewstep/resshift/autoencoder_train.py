@@ -108,7 +108,9 @@ class AutoencoderTask(TrainTask):
     def setup(self, ctx) -> None:
         from .train import build_val_set
 
-        self.lpips = load_lpips(self.lpips_w, ctx.device, required=self.lpips_required)
+        lc = section(self.cfg, "loss")
+        self.lpips = load_lpips(self.lpips_w, ctx.device, net=lc.get("lpips_net", "vgg"),
+                                weights_dir=lc.get("lpips_weights_dir"), required=self.lpips_required)
         self.val_set = build_val_set(self.cfg, 4, self.seed) if ctx.is_main else []
 
     def build_models(self):

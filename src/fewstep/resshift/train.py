@@ -26,28 +26,43 @@ from ..training.config import require, section
 from ..training.engine import TrainTask, export_safetensors, run_training
 
 
-def load_lpips(weight: float, device: torch.device, *, required: bool = False, what: str = "loss.lpips_weight"):
-    """An LPIPS module (inputs in [-1, 1] -> per-sample distance) or None when unavailable.
+class _LPIPSPixels(torch.nn.Module):
+    """LPIPS on images in [-1, 1] (fewstep.metrics' LPIPS takes [0, 1]); per-sample distances."""
 
-    Uses `fewstep.metrics.lpips` when that module and its backbone weights are present; without
-    them the LPIPS term is dropped with a warning (or an error when `required`).
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, y):
+        return self.net((x + 1) / 2, (y + 1) / 2)
+
+
+def load_lpips(weight: float, device: torch.device, *, net: str = "vgg", weights_dir: str | None = None,
+               required: bool = False, what: str = "loss.lpips_weight"):
+    """The LPIPS loss module (inputs in [-1, 1]) or None when `weight` is 0 or LPIPS is unavailable.
+
+    Uses `fewstep.metrics.deep.load_lpips` (torchvision backbone file from `weights_dir` or the
+    fewstep cache; never downloads during training). Without the file the LPIPS term is dropped
+    with a warning, or an error when `required`.
     """
     if not weight:
         return None
     try:
-        from ..metrics import lpips as lpips_mod  # written separately; needs backbone weights
+        from ..metrics.deep import load_lpips as _load
 
-        net = lpips_mod.LPIPS(net="vgg")
-    except (ImportError, AttributeError, FewstepError) as e:
+        model = _load(net, weights_dir, "cpu", download=False)
+    except (ImportError, FewstepError) as e:
         msg = f"{what}={weight} but LPIPS is unavailable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
         if required:
             raise FewstepError(msg) from None
         warnings.warn(msg + "; training without the LPIPS term", stacklevel=2)
         return None
-    net = net.to(device).eval()
-    for p in net.parameters():
+    import copy
+
+    model = copy.deepcopy(model).to(device).eval()  # the loader caches its instance; keep ours private
+    for p in model.parameters():
         p.requires_grad_(False)
-    return net
+    return _LPIPSPixels(model)
 
 
 def build_val_set(cfg: dict, scale: int, seed: int, *, inpaint: bool = False) -> list[dict[str, torch.Tensor]]:
@@ -135,7 +150,9 @@ class ResShiftTask(TrainTask):
             p.requires_grad_(False)
         self.lpips_w = float(self.loss_cfg.get("lpips_weight", 0.0))
         self.mse_w = float(self.loss_cfg.get("mse_weight", 1.0))
-        self.lpips = load_lpips(self.lpips_w, ctx.device, required=bool(self.loss_cfg.get("lpips_required", False)))
+        self.lpips = load_lpips(self.lpips_w, ctx.device, net=self.loss_cfg.get("lpips_net", "vgg"),
+                                weights_dir=self.loss_cfg.get("lpips_weights_dir"),
+                                required=bool(self.loss_cfg.get("lpips_required", False)))
         self.val_set = build_val_set(self.cfg, self.scale, self.seed, inpaint=self.inpaint) if ctx.is_main else []
 
     def build_models(self):
