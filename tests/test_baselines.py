@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import fewstep
 from fewstep.baselines import rrdbnet
 from fewstep.baselines.ncnn import read_ncnn_convolutions
-from fewstep.baselines.rrdbnet import RRDBNet, tiled_forward
+from fewstep.baselines.rrdbnet import RRDBNet
+from fewstep.tiling import run_tiled
 from fewstep.errors import CheckpointError, WeightsNotFoundError
 
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "eval" / "flower.png"
@@ -180,11 +181,11 @@ def test_tiled_forward_blends_to_the_untiled_result():
 
     x = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(1))
     full = pointwise(x)
-    tiled = tiled_forward(pointwise, x, 4, tile=16, overlap=5)
+    tiled = run_tiled(x, lambda c, t: pointwise(c), scale=4, tile=16, overlap=5)
     assert tiled.shape == full.shape
     torch.testing.assert_close(tiled, full, atol=1e-6, rtol=1e-6)
     calls = []
-    tiled_forward(lambda t: calls.append(t.shape) or pointwise(t), x, 4, tile=16, overlap=5)
+    run_tiled(x, lambda c, t: calls.append(c.shape) or pointwise(c), scale=4, tile=16, overlap=5)
     assert len(calls) == 3 * 5 and all(s[-2] <= 16 and s[-1] <= 16 for s in calls)
 
 
@@ -274,7 +275,7 @@ def test_converted_x4plus_matches_ncnn(ncnn_files, one_thread):
                                             align_corners=False).clamp(0, 1)[0].numpy()).mean()) > 0.01
 
     # the cached safetensors now loads directly and gives the same weights
-    again = fewstep.load("realesrgan-x4plus", tile=32, tile_overlap=8)
+    again = fewstep.load("realesrgan-x4plus", tile=32, overlap=8)
     for k, v in again.net.state_dict().items():
         assert torch.equal(v, up.net.state_dict()[k]), k
     # tiled inference stays close to the untiled output (the GAN's receptive field exceeds the tile,

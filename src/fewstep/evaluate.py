@@ -197,11 +197,8 @@ def _load_model(spec, *, weights, device: str, steps: int | None):
         opts.setdefault("steps", steps)
     try:
         return load(name, weights=weights, device=device, **opts)
-    except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            bad = str(e).split("argument")[-1].strip()
-            raise FewstepError(f"--model {spec}: model {name!r} has no option {bad}") from None
-        raise
+    except FewstepError as e:
+        raise FewstepError(f"--model {spec}: {e}") from None
 
 
 def _model_label(spec) -> str:

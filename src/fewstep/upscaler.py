@@ -92,7 +92,26 @@ def load(name: str, **kwargs) -> Upscaler:
         raise FewstepError(f"unknown model {name!r}; available: {', '.join(sorted(entries))}")
     module_name, func_name = entries[name].factory.split(":")
     factory: Callable[..., Upscaler] = getattr(importlib.import_module(module_name), func_name)
-    return factory(name=name, **kwargs)
+    return factory(name=name, **_accepted_options(name, factory, kwargs))
+
+
+# Options every caller may pass; a model that has no use for them simply does not get them.
+_GENERIC_OPTIONS = {"quiet", "weights", "device", "dtype", "steps"}
+
+
+def _accepted_options(name: str, factory: Callable, kwargs: dict) -> dict:
+    """Check `kwargs` against the factory's signature: generic options it does not take are
+    dropped, any other unknown option is a one-line error listing the ones it has."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    unknown = sorted(k for k in kwargs if k not in params and k not in _GENERIC_OPTIONS)
+    if unknown:
+        options = ", ".join(k for k in params if k != "name")
+        raise FewstepError(f"model {name!r} has no option {', '.join(unknown)} (options: {options})")
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 _BUILTIN_DONE = False

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, FewstepError, WeightsNotFoundError
+from ..tiling import run_tiled
 from ..upscaler import Upscaler
 
 SAFETENSORS_NAME = "RealESRGAN_x4plus.safetensors"
@@ -86,66 +87,6 @@ class RRDBNet(nn.Module):
     def conv_names(self) -> list[str]:
         """Conv module names in registration order (= the order of the ncnn Convolution layers)."""
         return [name for name, m in self.named_modules() if isinstance(m, nn.Conv2d)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Tiled inference
-
-
-def _feather(length: int, ramp: int, at_start: bool, at_end: bool) -> torch.Tensor:
-    """1-D blending weight for a tile: linear ramps over `ramp` px on sides that touch another tile."""
-    w = torch.ones(length)
-    if ramp > 0:
-        pos = torch.arange(length, dtype=torch.float32)
-        ramp_up = (pos + 0.5) / ramp
-        if not at_start:
-            w = torch.minimum(w, ramp_up)
-        if not at_end:
-            w = torch.minimum(w, ramp_up.flip(0))
-    return w.clamp_min(1e-3)  # never exactly 0, so every output pixel has some weight
-
-
-def _starts(size: int, tile: int, overlap: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride)) + [size - tile]
-    return sorted(set(starts))
-
-
-def tiled_forward(fn, x: torch.Tensor, scale: int, tile: int, overlap: int = 16, *,
-                  progress: bool = False) -> torch.Tensor:
-    """Run `fn` (B,C,h,w) -> (B,C',h*scale,w*scale) on overlapping tiles and blend them.
-
-    Tiles are `tile` LR px (clipped to the image) stepping by tile-overlap; in each overlap the two
-    tiles are cross-faded linearly, which hides the seams that hard cuts leave in GAN outputs.
-    tile <= 0 or an image that fits in one tile runs `fn` once.
-    """
-    b, _, h, w = x.shape
-    if tile <= 0 or (h <= tile and w <= tile):
-        return fn(x)
-    if not 0 <= overlap < tile:
-        raise FewstepError(f"tile overlap must be in [0, tile), got overlap={overlap} tile={tile}")
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
-    out = None
-    weight = torch.zeros(1, 1, h * scale, w * scale, device=x.device)
-    from tqdm import tqdm
-
-    with tqdm(total=len(ys) * len(xs), desc="tiles", leave=False, disable=not progress) as bar:
-        for y0 in ys:
-            for x0 in xs:
-                th, tw = min(tile, h - y0), min(tile, w - x0)
-                y = fn(x[:, :, y0:y0 + th, x0:x0 + tw]).float()
-                if out is None:
-                    out = torch.zeros(b, y.shape[1], h * scale, w * scale, device=x.device)
-                wy = _feather(th * scale, overlap * scale, y0 == 0, y0 + th >= h).to(x.device)
-                wx = _feather(tw * scale, overlap * scale, x0 == 0, x0 + tw >= w).to(x.device)
-                wt = (wy[:, None] * wx[None, :])[None, None]
-                sy, sx = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
-                out[:, :, sy, sx] += y * wt
-                weight[:, :, sy, sx] += wt
-                bar.update(1)
-    return out / weight
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +205,8 @@ class RealESRGANUpscaler(Upscaler):
     nfe = 1
 
     def __init__(self, net: RRDBNet, *, name: str = "realesrgan-x4plus", device: str = "cpu",
-                 dtype: str = "fp32", tile: int = 256, tile_overlap: int = 16, quiet: bool = True) -> None:
+                 dtype: str = "fp32", tile: int = 256, overlap: int = 16, blend: str = "gaussian",
+                 quiet: bool = True) -> None:
         if dtype not in _DTYPES:
             raise FewstepError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.name = name
@@ -272,7 +214,7 @@ class RealESRGANUpscaler(Upscaler):
         self.dtype = _DTYPES[dtype]
         self.net = net.eval().to(device=self.device, dtype=self.dtype)
         self.tile = int(tile)
-        self.tile_overlap = int(tile_overlap)
+        self.overlap, self.blend = int(overlap), blend
         self.quiet = quiet
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,13 +225,14 @@ class RealESRGANUpscaler(Upscaler):
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise FewstepError(f"{self.name}: expected a (B,3,h,w) tensor, got {tuple(lr.shape)}")
         x = lr.to(self.device, torch.float32)
-        y = tiled_forward(self._run, x, self.scale, self.tile, self.tile_overlap, progress=not self.quiet)
+        y = run_tiled(x, lambda crops, tiles: self._run(crops), scale=self.scale, tile=self.tile, overlap=self.overlap,
+                      blend=self.blend, progress=not self.quiet)
         return y.clamp_(0, 1)
 
 
 def realesrgan_x4plus(name: str = "realesrgan-x4plus", weights: str | Path | None = None, device: str = "cpu",
-                      dtype: str = "fp32", tile: int = 256, tile_overlap: int = 16, steps: int | None = None,
-                      quiet: bool = True) -> RealESRGANUpscaler:
+                      dtype: str = "fp32", tile: int = 256, overlap: int = 16, blend: str = "gaussian",
+                      steps: int | None = None, quiet: bool = True) -> RealESRGANUpscaler:
     """Registry factory. `tile` is in LR pixels (0 = whole image); `steps` is accepted and ignored
     (a one-pass GAN), so it can sit beside diffusion models in one `fewstep eval` run."""
     sd, _source = load_x4plus_state_dict(weights)
@@ -299,5 +242,5 @@ def realesrgan_x4plus(name: str = "realesrgan-x4plus", weights: str | Path | Non
     except RuntimeError as e:
         raise CheckpointError(f"Real-ESRGAN x4plus weights do not match RRDBNet: {str(e).splitlines()[1].strip()}"
                               if len(str(e).splitlines()) > 1 else f"Real-ESRGAN weights: {e}") from None
-    return RealESRGANUpscaler(net, name=name, device=device, dtype=dtype, tile=tile, tile_overlap=tile_overlap,
+    return RealESRGANUpscaler(net, name=name, device=device, dtype=dtype, tile=tile, overlap=overlap, blend=blend,
                               quiet=quiet)

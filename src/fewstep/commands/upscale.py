@@ -39,11 +39,12 @@ def upscale_command(
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting mask: one file, or a folder with masks named like the inputs (white = hole)."),
     tile: Optional[str] = typer.Option(None, "--tile", help="Tile size in input pixels; 0 = no tiling; default: the model's."),
     tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Tile overlap in input pixels."),
-    blend: str = typer.Option("gaussian", "--blend", help="Tile blending: gaussian (seamless) or uniform (official)."),
+    blend: Optional[str] = typer.Option(None, "--blend", help="Tile blending: gaussian (seamless, default) or uniform (official ResShift)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (respaced; default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same output."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),
+    opt: List[str] = typer.Option([], "--opt", help="Model-specific option KEY=VALUE (repeatable), e.g. --opt upsample=bicubic."),
     suffix: str = typer.Option("", "--suffix", help="Appended to output names: NAME_SUFFIX.EXT."),
     ext: str = typer.Option("png", "--ext", help="Output format: png, jpg, webp, tif, or auto (same as input)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
@@ -55,7 +56,7 @@ def upscale_command(
 
     if dtype not in ("fp32", "bf16", "fp16"):
         raise FewstepError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
-    if blend not in ("gaussian", "uniform"):
+    if blend not in (None, "gaussian", "uniform"):
         raise FewstepError(f"--blend must be gaussian or uniform, got {blend!r}")
     ext_out = None if ext == "auto" else ext.lower().lstrip(".")
     files = list_images(inputs)
@@ -75,7 +76,7 @@ def upscale_command(
 
     done = 0
     if todo:
-        up = _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps, quiet)
+        up = _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps, opt, quiet)
         done = _run(up, todo, mask, seed, overwrite, quiet, failures)
     n_fail = len(failures)
     print(f"{done} written, {n_fail} failed, {len(jobs)} total" + (f" -> {output}" if done else ""), file=sys.stderr)
@@ -91,10 +92,17 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps, quiet):
+def _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps, opt, quiet):
     from .. import load
+    from ..evaluate import parse_model_spec
 
-    kwargs = dict(weights=weights, device=_resolve_device(device), dtype=dtype, blend=blend, quiet=quiet)
+    # only options the user gave are passed, so a model that lacks one says so instead of
+    # silently ignoring it
+    kwargs = dict(weights=weights, device=_resolve_device(device), dtype=dtype, quiet=quiet)
+    if blend is not None:
+        kwargs["blend"] = blend
+    if opt:
+        kwargs.update(parse_model_spec("model:" + ",".join(opt))[1])
     t = _parse_tile(tile)
     if t != "auto":
         kwargs["tile"] = t

@@ -56,12 +56,15 @@ def _sd_turbo_source(weights: str | Path | None, sd_turbo: str | Path | None) ->
 def load_s3diff(name: str = "s3diff", weights: str | Path | None = None, device: str = "cpu", dtype: str = "fp32",
                 *, sd_turbo: str | Path | None = None, upsample: str = "bilinear", latent_tile: int = 96,
                 latent_overlap: int = 32, color_fix: str = "wavelet", latent: str = "sample",
-                merge_lora: bool = False, quiet: bool = True, **kwargs) -> S3DiffUpscaler:
+                merge_lora: bool = False, tile_batch: int = 4, guidance_scale: float | None = None,
+                vae_encoder_tile: int = 1024, vae_decoder_tile: int = 224, quiet: bool = True) -> S3DiffUpscaler:
     from .pipeline import S3DiffPipeline
 
     ckpt = resolve(S3DIFF_CKPT, weights, quiet=quiet)
     de = resolve(DE_NET_CKPT, weights, quiet=quiet)
     pipe = S3DiffPipeline.from_pretrained(_sd_turbo_source(weights, sd_turbo), ckpt, de, upsample=upsample,
                                           latent_tile=latent_tile, latent_overlap=latent_overlap, device=device,
-                                          dtype=dtype, merge_lora=merge_lora, quiet=quiet, **kwargs)
+                                          dtype=dtype, merge_lora=merge_lora, quiet=quiet, tile_batch=tile_batch,
+                                          vae_encoder_tile=vae_encoder_tile, vae_decoder_tile=vae_decoder_tile,
+                                          **({} if guidance_scale is None else {"guidance_scale": guidance_scale}))
     return S3DiffUpscaler(pipe, name=name, color_fix=color_fix, latent=latent)
