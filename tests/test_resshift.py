@@ -219,3 +219,20 @@ def test_loader_refuses_pickled_code(tmp_path):
     with pytest.raises(FewstepError, match="evil.pth: cannot read checkpoint"):
         read_state_dict(path)
 
+
+
+def test_vq_attention_feeds_sdpa_a_layout_its_memory_efficient_kernels_accept(vq, monkeypatch):
+    """A transposed (non-contiguous) q/k/v makes CPU SDPA fall back to materialising N x N scores."""
+    import fewstep.resshift.vq as vq_module
+
+    seen = []
+    real = vq_module.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append(all(t.is_contiguous() for t in (q, k, v)))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(vq_module.F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        vq.decode(torch.randn(1, 3, 8, 8))
+    assert seen and all(seen)

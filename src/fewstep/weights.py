@@ -12,6 +12,7 @@ If all fail, `WeightsNotFoundError` says which file is missing and which folder 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import urllib.error
@@ -65,7 +66,7 @@ def resolve(wf: WeightFile, weights_dir: str | Path | None = None, *, download: 
     if wf.url and download and not _offline():
         try:
             return download_file(wf, cache_dir(), quiet=quiet)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
             reason = f"download from {wf.url} failed ({e.__class__.__name__}: {e})"
     elif wf.url:
         reason = f"offline; it is published at {wf.url}"

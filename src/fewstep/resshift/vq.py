@@ -47,7 +47,9 @@ class AttnBlock(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         hn = self.norm(x)
-        q, k, v = (m(hn).reshape(b, 1, c, h * w).transpose(-1, -2) for m in (self.q, self.k, self.v))
+        # contiguous (tokens, channels) layout: with a transposed view, CPU SDPA falls back to the
+        # math kernel and materialises the N x N scores (37 GB for a 256x256 latent)
+        q, k, v = (m(hn).reshape(b, 1, c, h * w).transpose(-1, -2).contiguous() for m in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)  # scale c^-0.5, as upstream
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
 
