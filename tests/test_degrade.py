@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_PHOTOS
 from PIL import Image
 
 from fewstep.degrade import PRESETS, degrade, degrade_batch, degrade_one, imresize, random_mask
@@ -17,16 +17,10 @@ from fewstep.degrade.jpeg import jpeg_uint8
 from fewstep.degrade.noise import gaussian_noise, poisson_noise
 from fewstep.errors import FewstepError
 
-PHOTO = Path("/work/shared/data/photos/eval/flower.png")
+PHOTO = SHARED_PHOTOS / "eval" / "flower.png"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the images here are tiny: intra-op threads only add synchronisation cost on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

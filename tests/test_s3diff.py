@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 FIX = Path(__file__).parent / "fixtures" / "s3diff"
 
@@ -29,32 +28,7 @@ def _u8(img: torch.Tensor) -> torch.Tensor:
     return (img[0].permute(1, 2, 0).clamp(0, 1) * 255).to(torch.uint8)
 
 
-@pytest.fixture(scope="module")
-def sd_turbo_dir(tmp_path_factory) -> Path:
-    """The tiny SD-Turbo stand-in in diffusers layout, with its text encoder rebuilt (see fixture README)."""
-    src = FIX / "sd_turbo_tiny"
-    dst = tmp_path_factory.mktemp("sd") / "sd-turbo"
-    dst.mkdir()
-    for name in ("unet", "vae", "scheduler", "tokenizer", "model_index.json"):
-        os.symlink((src / name).resolve(), dst / name)
-    (dst / "text_encoder").mkdir()
-    shutil.copy(src / "text_encoder_trimmed" / "config.json", dst / "text_encoder" / "config.json")
-    sd = load_file(src / "text_encoder_trimmed" / "model_trimmed.safetensors")
-    key = "text_model.embeddings.token_embedding.weight"
-    full = torch.zeros(tuple(sd.pop(key + ".shape").tolist()))
-    full[sd.pop(key + ".ids")] = sd.pop(key + ".rows")
-    sd[key] = full
-    save_file(sd, dst / "text_encoder" / "model.safetensors")
-    return dst
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny models are latency-bound: one thread is several times faster on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

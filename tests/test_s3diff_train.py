@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 FIX = Path(__file__).parent / "fixtures" / "s3diff"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sd_turbo_dir(tmp_path_factory) -> Path:
-    """Tiny SD-Turbo in diffusers layout (text encoder rebuilt as described in the fixture README)."""
-    src = FIX / "sd_turbo_tiny"
-    dst = tmp_path_factory.mktemp("sdt") / "sd-turbo"
-    dst.mkdir()
-    for name in ("unet", "vae", "scheduler", "tokenizer", "model_index.json"):
-        os.symlink((src / name).resolve(), dst / name)
-    (dst / "text_encoder").mkdir()
-    shutil.copy(src / "text_encoder_trimmed" / "config.json", dst / "text_encoder" / "config.json")
-    sd = load_file(src / "text_encoder_trimmed" / "model_trimmed.safetensors")
-    key = "text_model.embeddings.token_embedding.weight"
-    full = torch.zeros(tuple(sd.pop(key + ".shape").tolist()))
-    full[sd.pop(key + ".ids")] = sd.pop(key + ".rows")
-    sd[key] = full
-    save_file(sd, dst / "text_encoder" / "model.safetensors")
-    return dst
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(sd_turbo_dir: Path, tmp: Path, **over) -> dict:

@@ -13,13 +13,7 @@ from fewstep.skipdiff import (ActorCritic, BanditPolicy, CosineChain, FixedPolic
                               ResShiftAdapter, SkipDiffSampler, ppo_update)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a shared 2-core box, thread hand-offs cost more than the math."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyDenoiser(nn.Module):

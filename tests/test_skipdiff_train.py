@@ -13,13 +13,7 @@ from fewstep.skipdiff import CosineChain, SkipDiffSampler, SR3UNet, load_sr3, sa
 TINY = dict(inner_channel=8, channel_mults=(1, 2), res_blocks=1, norm_groups=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a shared 2-core box, thread hand-offs cost more than the math."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

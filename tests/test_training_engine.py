@@ -6,7 +6,6 @@ The toy trainer at the bottom is also run by `fewstep train` under torchrun in t
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import socket
@@ -28,13 +27,7 @@ from fewstep.training.schedule import build_scheduler, lr_at
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads are ~50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- toy trainer

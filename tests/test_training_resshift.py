@@ -24,13 +24,7 @@ TINY_VQ = ["autoencoder.params.n_embed=64", "autoencoder.params.ddconfig.ch=32",
            "autoencoder.params.ddconfig.ch_mult=[1,2,2]"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads are ~50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _csv(path):

@@ -344,9 +344,9 @@ def _train_ppo(en: dict, F: int, cfg: dict, seed: int, out: Path, quiet: bool) -
         # the forced last step completes the chain: m = number of steps since the last skip
         m = torch.where(start < 0, torch.ones_like(start), F - start)
         r = rewards[idx, m - 1]
-        stats = ppo_update(net, opt, tr, r, gamma=float(cfg.get("gamma", 0.7)), clip=float(cfg.get("clip", 0.2)),
-                           epochs=int(cfg.get("epochs", 1)), value_coef=float(cfg.get("value_coef", 0.5)),
-                           entropy_coef=float(cfg.get("entropy_coef", 0.01)))
+        ppo_update(net, opt, tr, r, gamma=float(cfg.get("gamma", 0.7)), clip=float(cfg.get("clip", 0.2)),
+                   epochs=int(cfg.get("epochs", 1)), value_coef=float(cfg.get("value_coef", 0.5)),
+                   entropy_coef=float(cfg.get("entropy_coef", 0.01)))
         hist.append(float(r.mean()))
     torch.save({"kind": "ppo", "obs_size": net.obs_size, "hidden": net.hidden, "state_dict": net.state_dict()},
                out / "ppo_policy.pt")

@@ -21,7 +21,6 @@ it when present); with ``num_workers: 0`` any RNG use in the dataset is restored
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field, fields
@@ -613,7 +612,7 @@ def _loss_for(task, ctx, oname, batch, opt_specs, owner, accelerator):
     else:
         loss, logs = out, {}
     logs = dict(logs)
-    logs.setdefault(f"loss" if len(opt_specs) == 1 else f"loss_{oname}", float(loss.detach()))
+    logs.setdefault("loss" if len(opt_specs) == 1 else f"loss_{oname}", float(loss.detach()))
     return loss.float(), logs
 
 

@@ -1,0 +1,48 @@
+"""Shared test fixtures and paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# real photographs: ../shared beside the checkout (CI), or shared/ inside it
+SHARED_PHOTOS = next((p for p in (ROOT.parent / "shared" / "data" / "photos", ROOT / "shared" / "data" / "photos")
+                      if (p / "eval").is_dir()), ROOT.parent / "shared" / "data" / "photos")
+S3DIFF_FIX = Path(__file__).parent / "fixtures" / "s3diff"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny, latency-bound models: on a 2-core machine shared
+    with other work, spinning OpenMP threads made them 5-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sd_turbo_dir(tmp_path_factory) -> Path:
+    """The tiny SD-Turbo stand-in in diffusers layout, with its text encoder rebuilt from the
+    trimmed copy kept in the fixtures (see tests/fixtures/s3diff/README)."""
+    from safetensors.torch import load_file, save_file
+
+    src = S3DIFF_FIX / "sd_turbo_tiny"
+    dst = tmp_path_factory.mktemp("sd") / "sd-turbo"
+    dst.mkdir()
+    for name in ("unet", "vae", "scheduler", "tokenizer", "model_index.json"):
+        os.symlink((src / name).resolve(), dst / name)
+    (dst / "text_encoder").mkdir()
+    shutil.copy(src / "text_encoder_trimmed" / "config.json", dst / "text_encoder" / "config.json")
+    sd = load_file(src / "text_encoder_trimmed" / "model_trimmed.safetensors")
+    key = "text_model.embeddings.token_embedding.weight"
+    full = torch.zeros(tuple(sd.pop(key + ".shape").tolist()))
+    full[sd.pop(key + ".ids")] = sd.pop(key + ".rows")
+    sd[key] = full
+    save_file(sd, dst / "text_encoder" / "model.safetensors")
+    return dst
