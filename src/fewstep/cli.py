@@ -25,7 +25,6 @@ _COMMANDS: dict[str, str] = {
     "upscale": "fewstep.commands.upscale:upscale_command",
     "weights": "fewstep.commands.weights:weights_command",
     "train": "fewstep.commands.train:train_command",
-    "bench": "fewstep.commands.bench:bench_command",
     "eval": "fewstep.evaluate:eval_command",
     "make-testset": "fewstep.degrade.testset:make_testset_command",
 }
