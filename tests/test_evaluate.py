@@ -180,7 +180,7 @@ def test_cli_reports_bad_image_and_exits_nonzero(hr_dir, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     failed = [ln for ln in result.output.splitlines() if ln.startswith("failed:")]
-    assert len(failed) == 1 and "broken.png" in failed[0] and "cannot read image" in failed[0]
+    assert len(failed) == 1 and "broken.png" in failed[0] and "not an image file" in failed[0]
     assert "1 evaluation(s) failed" in result.output
     rows = _read_csv(out / "per_image.csv")
     assert sorted(r["image"] for r in rows) == ["Storm.png", "flower.png"]

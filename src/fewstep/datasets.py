@@ -33,21 +33,10 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 float32 RGB in [0,1]; uses fewstep.imageio when available (EXIF, 16-bit, ...)."""
-    try:
-        from .imageio import read_image
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        return np.asarray(read_image(path).rgb, dtype=np.float32)
-    from PIL import Image
+    """HxWx3 float32 RGB in [0,1] (EXIF, 16-bit, palette ... handled by fewstep.imageio)."""
+    from .imageio import read_image
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
-        raise ImageReadError(f"{path}: cannot read image ({e})") from None
-    return arr
+    return np.asarray(read_image(path).rgb, dtype=np.float32)
 
 
 def _image_size(path: Path) -> tuple[int, int]:

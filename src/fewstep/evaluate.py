@@ -28,7 +28,7 @@ from typing import Annotated, Any, Sequence
 
 import typer
 
-from .errors import FewstepError, ImageReadError
+from .errors import FewstepError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BASE_COLUMNS = ["model", "dataset", "image", "seed", "nfe", "seconds", "lr_size"]
@@ -100,19 +100,6 @@ def image_seed(seed: int, image_name: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def read_rgb(path: Path):
-    """Read an image file as HxWx3 uint8 RGB (ImageReadError naming the file otherwise)."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ImageReadError(f"{path}: cannot read image ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-
-
 def _find_hr(hr_dir: Path | None, lr_path: Path) -> Path | None:
     if hr_dir is None:
         return None
@@ -127,16 +114,18 @@ def _find_hr(hr_dir: Path | None, lr_path: Path) -> Path | None:
 
 def load_pair(ds: Dataset, image: Path, *, scale: int, seed: int):
     """-> (lr uint8, hr uint8 or None, per-image seed)."""
+    from .imageio import read_rgb8
+
     s = image_seed(seed, image.name)
     if ds.prepared:
-        lr = read_rgb(image)
+        lr = read_rgb8(image)
         hr_path = _find_hr(ds.hr_dir, image)
-        hr = read_rgb(hr_path) if hr_path is not None else None
+        hr = read_rgb8(hr_path) if hr_path is not None else None
         if hr is not None and hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
             raise FewstepError(f"{hr_path}: HR size {hr.shape[1]}x{hr.shape[0]} is not {scale}x the LR size "
                                f"{lr.shape[1]}x{lr.shape[0]}")
         return lr, hr, s
-    hr = read_rgb(image)
+    hr = read_rgb8(image)
     h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
     if h == 0 or w == 0:
         raise FewstepError(f"{image}: {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
@@ -145,10 +134,8 @@ def load_pair(ds: Dataset, image: Path, *, scale: int, seed: int):
 
 
 def _degrade(hr, preset: str, scale: int, seed: int):
-    try:
-        from .degrade import degrade
-    except ImportError:
-        from .degrade.pipeline import degrade
+    from .degrade import degrade
+
     return degrade(hr, preset=preset, scale=scale, seed=seed)
 
 

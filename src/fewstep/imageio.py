@@ -359,6 +359,12 @@ def _pixels_from_pil(im, src_mode: str, p: Path) -> tuple[np.ndarray, np.ndarray
     raise ImageReadError(f"{p}: unsupported pixel mode {src_mode}")
 
 
+def read_rgb8(path: str | os.PathLike) -> np.ndarray:
+    """`read_image` as HxWx3 uint8 RGB (16-bit inputs rounded to 8 bits; alpha dropped), for
+    code that works in 8-bit such as metrics and degradations."""
+    return np.round(read_image(path).rgb * 255.0).astype(np.uint8)
+
+
 def read_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an inpainting mask as bool HxW, True = hole.
 

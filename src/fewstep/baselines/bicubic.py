@@ -40,10 +40,8 @@ class MatlabBicubicUpscaler(BicubicUpscaler):
     @torch.no_grad()
     def restore(self, lr: torch.Tensor, *, seed: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
         _check(lr, self.name)
-        try:
-            from ..degrade.resize import imresize
-        except ImportError as e:
-            raise FewstepError(f"{self.name}: needs fewstep.degrade.resize.imresize, which is not available ({e})") from None
+        from ..degrade.resize import imresize
+
         # float64 makes imresize compute in double, like MATLAB; the result is cast back.
         y = imresize(lr.to(self.device, torch.float64), scale=self.scale)
         return y.to(torch.float32).clamp_(0, 1)

@@ -45,7 +45,8 @@ def make_testset(
     from PIL import Image
     from tqdm import tqdm
 
-    from ..datasets import _read_rgb, list_images
+    from ..datasets import list_images
+    from ..imageio import read_rgb8
     from ..errors import FewstepError
     from .pipeline import degrade, get_preset
     from .presets import FacePreset
@@ -73,7 +74,7 @@ def make_testset(
         "images": [],
     }
     for f, s in zip(tqdm(files, desc="make-testset", unit="img", disable=quiet), seeds):
-        hr = np.round(_read_rgb(f) * 255.0).astype(np.uint8)
+        hr = read_rgb8(f)
         if crop is not None:
             hr = _centre_crop(hr, int(crop))
         else:

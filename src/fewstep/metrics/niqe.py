@@ -242,15 +242,9 @@ def _mvg_distance(feats: np.ndarray, model: NiqeModel) -> float:
 
 def _load_image(item):
     if isinstance(item, (str, Path)):
-        from PIL import Image, UnidentifiedImageError
+        from ..imageio import read_rgb8
 
-        from ..errors import ImageReadError
-
-        try:
-            with Image.open(item) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise ImageReadError(f"{item}: cannot read image ({e})") from None
+        return read_rgb8(item)
     return item
 
 

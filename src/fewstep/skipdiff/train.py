@@ -42,14 +42,15 @@ class BicubicCrops(torch.utils.data.Dataset):
 
     def __init__(self, hr_dir: str, crop: int = 48, scale: int = 4, seed: int = 0, length: int | None = None,
                  flips: bool = True):
-        from ..datasets import _read_rgb, list_images
+        from ..datasets import list_images
+        from ..imageio import read_rgb8
 
         if crop % scale:
             raise FewstepError(f"config: data.crop={crop} must be a multiple of data.scale={scale}")
         files = list_images(hr_dir)
         if not files:
             raise FewstepError(f"{hr_dir}: no images")
-        self.images = [np.round(_read_rgb(f) * 255).astype(np.uint8) for f in files]
+        self.images = [read_rgb8(f) for f in files]
         self.images = [im for im in self.images if min(im.shape[:2]) >= crop]
         if not self.images:
             raise FewstepError(f"{hr_dir}: no image is at least {crop} px on each side")
@@ -89,14 +90,15 @@ def eval_pairs(hr_dir: str, scale: int = 4, crop: int | None = None, limit: int 
     the largest mean |Laplacian| (small centre crops of these photos are often flat sky, where any
     x4 method scores > 45 dB and the comparison says nothing about SR).
     """
-    from ..datasets import _read_rgb, list_images
+    from ..datasets import list_images
+    from ..imageio import read_rgb8
     from ..degrade import imresize
 
     if where not in ("centre", "texture"):
         raise FewstepError(f"crop placement must be 'centre' or 'texture', got {where!r}")
     out = []
     for f in list_images(hr_dir)[:limit]:
-        hr = np.round(_read_rgb(f) * 255).astype(np.uint8)
+        hr = read_rgb8(f)
         h, w = hr.shape[:2]
         c = crop or min(h, w)
         c -= c % scale
