@@ -8,13 +8,16 @@ Stages: DE (degradation scores + modulation matrices), encode (upsample, pad, VA
 modulated LoRA, incl. tiling beyond 1088 px), UNet (guidance batched in one call; 96/32 latent tiles
 beyond a 96^2 latent), decode (incl. exact-GroupNorm tiling beyond a 246 latent), colour fix (wavelet).
 Prompt embeddings are cached (random here), so the text encoder is not timed. Peak memory: CUDA
-max_memory_allocated per stage; on CPU the growth of the process's peak RSS (ru_maxrss) per stage.
+max_memory_allocated per stage; on CPU the peak resident set size of the whole process during the
+stage (absolute, model weights included), read from /proc/self/statm every 20 ms by a background
+thread (ru_maxrss cannot say: building the model already set the process peak).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
+import threading
 import time
 
 import torch
@@ -49,28 +52,60 @@ def build(device: str, dtype: str):
     return pipe
 
 
+def rss_gib() -> float:
+    """Resident set size of this process now (Linux /proc/self/statm: pages)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+
+
+class RssSampler:
+    """Peak RSS while the `with` block runs, sampled by a daemon thread (torch kernels release the
+    GIL, so the thread keeps sampling while the main thread computes)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_gib())
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "RssSampler":
+        self.peak = rss_gib()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_gib())
+
+
 class Meter:
     def __init__(self, device: torch.device):
         self.device = device
         self.rows: list[tuple[str, float, float]] = []
 
     def run(self, name, fn):
-        cuda = self.device.type == "cuda"
-        if cuda:
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        else:
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t = time.perf_counter()
-        out = fn()
-        if cuda:
+            t = time.perf_counter()
+            out = fn()
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t
-        if cuda:
+            dt = time.perf_counter() - t
             mem = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
         else:
-            mem = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2 ** 20  # KiB -> GiB
+            with RssSampler() as rss:
+                t = time.perf_counter()
+                out = fn()
+                dt = time.perf_counter() - t
+            mem = rss.peak
         self.rows.append((name, dt, mem))
         return out
 
@@ -111,10 +146,11 @@ def main() -> None:
     t = time.perf_counter()
     pipe = build(args.device, args.dtype)
     print(f"# built full-size S3Diff (random weights) on {args.device} {args.dtype} in {time.perf_counter() - t:.1f}s;"
-          f" torch threads {torch.get_num_threads()}")
+          f" torch threads {torch.get_num_threads()}; process RSS {rss_gib():.2f} GiB")
     if pipe.device.type == "cuda":
         print(f"# {torch.cuda.get_device_name()}")
-    mem_unit = "GiB (CUDA peak over stage start)" if pipe.device.type == "cuda" else "GiB (growth of peak RSS)"
+    mem_unit = ("GiB (CUDA peak over stage start)" if pipe.device.type == "cuda"
+                else "GiB (peak process RSS during the stage)")
     for s in args.sizes:
         lr = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(s)).to(pipe.device)
         if args.warmup:
