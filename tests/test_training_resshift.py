@@ -20,8 +20,6 @@ PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 
 needs_photos = pytest.mark.skipif(not (PHOTOS / "train").is_dir(), reason="shared photos not present")
 
-TINY_VQ = ["autoencoder.params.n_embed=64", "autoencoder.params.ddconfig.ch=32",
-           "autoencoder.params.ddconfig.ch_mult=[1,2,2]"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,15 +32,29 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+TINY_PATCH = ["autoencoder.params.channels=[16,8]", "autoencoder.params.blocks=[1,1]"]
+TINY_VQ_PARAMS = ("{embed_dim: 3, n_embed: 64, ddconfig: {double_z: false, z_channels: 3, resolution: 64, in_channels: 3,"
+                  " out_ch: 3, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}}")
+
+
 @needs_photos
-def test_small_configs_smoke_autoencoder_then_resshift(tmp_path):
+@pytest.mark.parametrize("kind", ["patch", "vq"])
+def test_small_configs_smoke_autoencoder_then_resshift(tmp_path, kind):
+    """The shipped small configs (patch autoencoder) and the official VQ layout, shrunk to seconds."""
     from fewstep.resshift import autoencoder_train, train as resshift_train
 
+    if kind == "patch":
+        ae_over = TINY_PATCH + ["autoencoder.pca_patches=4000"]
+        rs_ae = ["autoencoder.params.channels=[16,8]", "autoencoder.params.blocks=[1,1]"]
+    else:
+        ae_over = ["autoencoder.kind=vq", f"autoencoder.params={TINY_VQ_PARAMS}", "loss.codebook_weight=1.0"]
+        rs_ae = [f"autoencoder.params={TINY_VQ_PARAMS}", "model.in_channels=3", "model.out_channels=3"]
     ae_dir = tmp_path / "ae"
     ae_cfg = load_config(CONFIGS / "autoencoder_small.yaml", [
-        f"out_dir={ae_dir}", *TINY_VQ, "data.crop=32", "data.length=8", "val.crop=32", "val.num_images=1",
+        f"out_dir={ae_dir}", *ae_over, "data.crop=32", "data.length=8", "val.crop=32", "val.num_images=1",
         "loss.disc_start=10", "loss.disc_channels=32", "loss.disc_layers=2", "loss.lpips_weight=0",
         "train.steps=20", "train.batch_size=2", "train.warmup=5", "train.log_every=5", "train.val_every=null",
+        "train.lr=1e-4", "train.eta_min=1e-5",
         "train.ckpt_every=10", "train.num_workers=0", "train.tensorboard=true"])
     res = autoencoder_train.train(ae_cfg, quiet=True)
     assert res["step"] == 20
@@ -52,25 +64,33 @@ def test_small_configs_smoke_autoencoder_then_resshift(tmp_path):
     assert rows[0]["loss_disc"] == "" and rows[-1]["loss_disc"] != ""
     assert all(math.isfinite(float(r["loss_ae"])) for r in rows)
     assert float(rows[-1]["lr"]) == pytest.approx(1e-5 + (1e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 14 / 15)), rel=1e-6)
-    assert 5.0 < res["val"]["psnr_y"] < 60.0
+    # the patch autoencoder starts from its PCA fit, so it reconstructs well from step 0
+    assert (30.0 if kind == "patch" else 5.0) < res["val"]["psnr_y"] < 60.0
     assert any((ae_dir / "tb").iterdir())
     ck = load_checkpoint(ae_dir / "checkpoints" / "step_00000020.pt")
     assert set(ck["models"]) == {"ae", "disc"} and set(ck["ema"]) == {"ae"}
     export = ae_dir / "export" / "autoencoder.safetensors"
     meta = json.loads((ae_dir / "export" / "autoencoder.json").read_text())
-    assert meta["params"]["n_embed"] == 64 and meta["dtype"] == "fp16"
+    assert meta["dtype"] == "fp16"
+    if kind == "patch":
+        assert meta["params"] == {"kind": "patch", "embed_dim": 8, "channels": [16, 8], "blocks": [1, 1],
+                                  "train_encoder": False}
+    else:
+        assert meta["params"]["n_embed"] == 64
 
     # the exported fp16 EMA weights are the checkpoint's EMA, rounded
     from safetensors.torch import load_file
 
     sd = load_file(str(export))
-    w = "encoder.conv_in.weight"
+    w = "linear_decoder.weight" if kind == "patch" else "encoder.conv_in.weight"
     assert sd[w].dtype == torch.float16
     torch.testing.assert_close(sd[w].float(), ck["ema"]["ae"][w].half().float())
+    if kind == "patch":  # the encoder is frozen: the trained model still has its PCA start
+        torch.testing.assert_close(ck["models"]["ae"]["encoder.weight"], ck["ema"]["ae"]["encoder.weight"])
 
     rs_dir = tmp_path / "rs"
     rs_cfg = load_config(CONFIGS / "resshift_small.yaml", [
-        f"out_dir={rs_dir}", f"autoencoder.weights={export}", *TINY_VQ,
+        f"out_dir={rs_dir}", f"autoencoder.weights={export}", *rs_ae,
         "model.image_size=16", "model.lq_size=16", "model.model_channels=32", "model.channel_mult=[1,2]",
         "model.num_res_blocks=[1,1]", "model.attention_resolutions=[16,8]", "model.swin_embed_dim=32",
         "data.crop=64", "data.length=8", "val.num_images=1", "val.crop=256", "loss.lpips_weight=0",
@@ -90,6 +110,22 @@ def test_small_configs_smoke_autoencoder_then_resshift(tmp_path):
     # resuming a finished run does nothing and keeps the result
     again = resshift_train.train(rs_cfg, quiet=True)
     assert again["start_step"] == again["step"] == 20
+
+    if kind == "patch":  # the two exports package into a model folder that fewstep.load reads
+        import subprocess
+        import sys
+
+        import fewstep
+
+        pkg = tmp_path / "pkg"
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "package_fewstep_small.py"), "--autoencoder",
+                        str(ae_dir / "export"), "--resshift", str(rs_dir / "export"), "--out", str(pkg)],
+                       check=True, capture_output=True)
+        up = fewstep.load(str(pkg))
+        lr = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+        out = up.restore(lr, seed=3)
+        assert out.shape == (1, 3, 80, 96) and 0 <= float(out.min()) and float(out.max()) <= 1
+        torch.testing.assert_close(up.restore(lr, seed=3), out, rtol=0, atol=0)
 
 
 def test_resshift_requires_trained_autoencoder(tmp_path):

@@ -84,7 +84,14 @@ def test_tiles_are_seeded_by_position_not_by_batching(model_dir):
     lr = torch.rand(1, 3, 80, 100)
     one = fewstep.load(str(model_dir), tile=64, overlap=16, tile_batch=1).restore(lr, seed=1)
     four = fewstep.load(str(model_dir), tile=64, overlap=16, tile_batch=4).restore(lr, seed=1)
-    assert torch.allclose(one, four, atol=1e-5)
+    other = fewstep.load(str(model_dir), tile=64, overlap=16, tile_batch=1).restore(lr, seed=2)
+    # The noise is identical; the networks' float rounding is not (oneDNN picks other kernels for
+    # batch 4), and the VQ decoder's codebook search can turn a 1e-7 difference into another code
+    # on a few latent pixels. So: the same image except, at most, a few isolated pixels - unlike
+    # another seed, which changes the whole image.
+    diff = (one - four).abs()
+    assert float(diff.mean()) < 1e-4 and float((diff > 1e-4).float().mean()) < 0.02
+    assert float(((one - other).abs() > 1e-4).float().mean()) > 0.5
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -130,14 +137,30 @@ def test_upscale_command_handles_good_bad_and_existing_files(model_dir, tmp_path
     assert np.array_equal(first, np.asarray(Image.open(out / "rgb.png")))
 
 
-def test_default_model_offline_says_which_file_is_missing_and_where(tmp_path):
+def test_released_model_offline_says_which_file_is_missing_and_where(tmp_path):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
-    r = _run_cli("upscale", img, "-o", tmp_path / "o", "--weights", tmp_path / "w", "--quiet")
+    r = _run_cli("upscale", img, "-o", tmp_path / "o", "--model", "realsr-v3", "--weights", tmp_path / "w", "--quiet")
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("error: weights not found: put resshift_realsrx4_s4_v3.pth in ")
     assert str(tmp_path / "w") in line and "Traceback" not in r.stderr
+
+
+def test_default_model_is_bundled_and_works_offline(tmp_path, monkeypatch):
+    """No --model, no weights anywhere, no network: the bundled fewstep-small restores the image."""
+    img = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)).save(img)
+    monkeypatch.setenv("FEWSTEP_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setenv("FEWSTEP_OFFLINE", "1")
+    r = _run_cli("upscale", img, "-o", tmp_path / "o", "--quiet")
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "o" / "x.png") as im:
+        assert im.size == (80, 96)
+    # pointing the bundled model at a folder without its files names the missing file
+    r = _run_cli("upscale", img, "-o", tmp_path / "o2", "--weights", tmp_path / "w", "--quiet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "weights not found: fewstep_model.json of fewstep-small" in r.stderr.strip().splitlines()[-1]
 
 
 def test_unknown_model_and_missing_input_are_one_line_errors(tmp_path):

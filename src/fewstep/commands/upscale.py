@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-DEFAULT_MODEL = "realsr-v3"
+DEFAULT_MODEL = "fewstep-small"  # bundled with the package: works offline out of the box
 
 
 def _parse_tile(value: str | None) -> int | None | str:

@@ -24,6 +24,10 @@ def weights_command(
     elif action == "list":
         for model, entry in sorted(available().items()):
             print(f"{model:20s} {entry.description}")
+            if model == "fewstep-small":
+                from ..resshift.models import small_model_dir
+
+                print(f"    bundled {small_model_dir()}")
             for wf in files.get(model, []):
                 local = find_local(wf, weights)
                 print(f"    {'ok     ' if local else 'missing'} {wf.filename}" + (f"  ({local})" if local else f"  <- {wf.url}"))

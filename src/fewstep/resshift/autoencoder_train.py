@@ -1,4 +1,5 @@
-"""Latent autoencoder trainer (VQ f4 by default, or a KL autoencoder from diffusers).
+"""Latent autoencoder trainer (VQ f4 by default, a KL autoencoder from diffusers, or the small
+PCA-initialised `PatchAutoencoder` of `fewstep-small`).
 
 Generator loss = L1(rec, x) + w_lpips * LPIPS (when available) + w_cb * codebook/commitment loss
 (VQ) or w_kl * KL (KL) + w_adv * hinge generator loss once the discriminator has started.
@@ -87,8 +88,8 @@ class AutoencoderTask(TrainTask):
         self.cfg = cfg
         self.ae = section(cfg, "autoencoder")
         self.kind = self.ae.get("kind", "vq")
-        if self.kind not in ("vq", "kl"):
-            raise FewstepError(f"config: autoencoder.kind must be 'vq' or 'kl', got {self.kind!r}")
+        if self.kind not in ("vq", "kl", "patch"):
+            raise FewstepError(f"config: autoencoder.kind must be 'vq', 'kl' or 'patch', got {self.kind!r}")
         require(cfg, "autoencoder.params")
         require(cfg, "data.hr_dir")
         self.data = section(cfg, "data")
@@ -118,6 +119,17 @@ class AutoencoderTask(TrainTask):
             from .vq import VQModel
 
             models: dict[str, nn.Module] = {"ae": VQModel(**self.ae["params"])}
+        elif self.kind == "patch":
+            from .patch_ae import PatchAutoencoder, sample_patches
+
+            ae = PatchAutoencoder(**self.ae["params"])
+            # the linear part is fitted, not learned: PCA of 4x4 patches of the training photos
+            # (deterministic, so every DDP process and every resume builds the same start)
+            stats = ae.fit_pca(sample_patches(self.data["hr_dir"], int(self.ae.get("pca_patches", 400_000)),
+                                              seed=self.seed))
+            print(f"patch autoencoder: PCA keeps {100 * stats['explained']:.2f} % of the patch variance, "
+                  f"linear reconstruction {stats['linear_psnr']:.2f} dB")
+            models = {"ae": ae}
         else:
             models = {"ae": KLAutoencoder(**self.ae["params"])}
         if self.disc_w > 0:
@@ -198,7 +210,8 @@ class AutoencoderTask(TrainTask):
         ae = models["ae"]
         # a KL model is saved by its diffusers module so the keys are the usual diffusers keys
         export_safetensors({"autoencoder": ae.model if self.kind == "kl" else ae}, folder, dtype=dtype)
-        meta = {"kind": self.kind, "step": ctx.step, "params": self.ae["params"],
+        params = {"kind": "patch", **ae.config} if self.kind == "patch" else self.ae["params"]
+        meta = {"kind": self.kind, "step": ctx.step, "params": params,
                 "ema": ctx.settings.ema_rate is not None, "dtype": ex.get("dtype", "fp32")}
         (folder / "autoencoder.json").write_text(json.dumps(meta, indent=2))
 

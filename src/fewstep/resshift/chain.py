@@ -6,6 +6,10 @@ Notation (0-based step index t = 0..T-1; t = T-1 is the noisiest):
     network input = x_t / sqrt(kappa^2 eta_t + 1)                 (normalize_input)
     posterior q(x_{t-1} | x_t, x0) = N(c1 x_t + c2 x0, kappa^2 eta_{t-1} alpha_t / eta_t)
 
+The network predicts x0 (official models) or, with ``prediction="residual"``, the residual
+x0 - y, so that x0 = y + output: the LR latent passes through for free and a small, briefly trained
+network (fewstep-small) only has to learn the detail (`x0_from_output`).
+
 Tables are float64 numpy arrays (as the official code builds them); every lookup casts the
 float64 value to float32 before it touches a tensor, which is what the official code multiplies
 with. `jump` generalises the posterior to any pair of kept indices s < t (respaced sampling).
@@ -26,6 +30,7 @@ class ChainConfig:
     kappa: float = 2.0
     etas_end: float = 0.99
     power: float = 0.3
+    prediction: str = "x0"
 
 
 def eta_schedule(steps: int, min_noise_level: float, kappa: float, etas_end: float, power: float) -> np.ndarray:
@@ -47,9 +52,11 @@ class ResShiftChain:
 
     def __init__(self, steps: int = 4, min_noise_level: float = 0.2, kappa: float = 2.0,
                  etas_end: float = 0.99, power: float = 0.3, sqrt_etas: np.ndarray | None = None,
-                 timestep_map: np.ndarray | None = None):
-        self.kappa = float(kappa)
-        self.config = ChainConfig(steps, min_noise_level, kappa, etas_end, power)
+                 timestep_map: np.ndarray | None = None, prediction: str = "x0"):
+        if prediction not in ("x0", "residual"):
+            raise ValueError(f"prediction must be 'x0' or 'residual', got {prediction!r}")
+        self.kappa, self.prediction = float(kappa), prediction
+        self.config = ChainConfig(steps, min_noise_level, kappa, etas_end, power, prediction)
         if sqrt_etas is None:
             sqrt_etas = eta_schedule(steps, min_noise_level, kappa, etas_end, power)
         self.sqrt_etas = np.asarray(sqrt_etas, dtype=np.float64)
@@ -64,7 +71,9 @@ class ResShiftChain:
         k2 = self.kappa ** 2
         self.posterior_variance = k2 * self.etas_prev / self.etas * self.alpha
         # element 0 (variance 0) is replaced by element 1 before the log, as in the official code
-        self.posterior_variance_clipped = np.append(self.posterior_variance[1], self.posterior_variance[1:])
+        # (a one-step chain has no element 1; its only step is t = 0, where the noise is masked anyway)
+        first = self.posterior_variance[1] if self.steps > 1 else 1.0
+        self.posterior_variance_clipped = np.append(first, self.posterior_variance[1:])
         self.posterior_log_variance_clipped = np.log(self.posterior_variance_clipped)
         self.posterior_mean_coef1 = self.etas_prev / self.etas
         self.posterior_mean_coef2 = self.alpha / self.etas
@@ -83,11 +92,16 @@ class ResShiftChain:
         """A chain over a subset of the indices (like the official SpacedDiffusion): the kept
         sqrt_etas are reused as they are, and every table is rebuilt from them."""
         keep = sorted(int(i) for i in keep)
-        return ResShiftChain(kappa=self.kappa, sqrt_etas=self.sqrt_etas[keep], timestep_map=self.timestep_map[keep])
+        return ResShiftChain(kappa=self.kappa, sqrt_etas=self.sqrt_etas[keep], timestep_map=self.timestep_map[keep],
+                             prediction=self.prediction)
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Chain index -> the integer timestep fed to the network (identity unless respaced)."""
         return torch.as_tensor(self.timestep_map, device=t.device)[t.long()]
+
+    def x0_from_output(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The network output as an x0 estimate: itself, or y + output for residual prediction."""
+        return out if self.prediction == "x0" else y + out
 
     # --- the math ----------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -95,8 +95,9 @@ def load_unet(path: str | Path, config: dict):
 
 
 def load_vq(path: str | Path, config: dict):
-    """Build a `VQModel` from the official autoencoder `params` dict and load `path` into it."""
-    from .vq import VQModel
+    """Build the latent autoencoder from its `params` dict (the official VQ `{embed_dim, n_embed,
+    ddconfig}`, or `{kind: patch, ...}` for `PatchAutoencoder`) and load `path` into it."""
+    from .patch_ae import build_autoencoder
 
-    model = VQModel(**config)
+    model = build_autoencoder(config)
     return load_into(model, read_state_dict(path), source=str(path)).eval()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from .presets import PRESETS
 
-MODELS = [(name, "fewstep.resshift.models:load_preset", p["description"]) for name, p in PRESETS.items()]
+MODELS = [
+    ("fewstep-small", "fewstep.resshift.models:load_small",
+     "fewstep's own small ResShift (x4, 4 steps), trained on CPU on the shared photos; ships inside the package"),
+] + [(name, "fewstep.resshift.models:load_preset", p["description"]) for name, p in PRESETS.items()]
+
+SMALL_MODEL_DIR = ("data", "models", "fewstep-small")  # inside the fewstep package
 
 
 def build_upscaler(unet, vq, chain_cfg: dict, *, scale: int, name: str, device="cpu", dtype="fp32",
@@ -50,6 +55,28 @@ def load_preset(name: str, weights=None, device="cpu", dtype="fp32", tile: int |
 
 
 MODEL_CARD = "fewstep_model.json"
+
+
+def small_model_dir():
+    """The folder of the bundled `fewstep-small` model (inside the installed package)."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent.joinpath(*SMALL_MODEL_DIR)
+
+
+def load_small(name: str = "fewstep-small", weights=None, **kwargs):
+    """The bundled `fewstep-small` (or the same model from `weights`, a folder holding its files)."""
+    from pathlib import Path
+
+    from ..errors import FewstepError
+
+    folder = Path(weights) if weights is not None else small_model_dir()
+    if not (folder / MODEL_CARD).is_file():
+        where = "the installed package" if weights is None else str(folder)
+        raise FewstepError(f"weights not found: {MODEL_CARD} of {name} is missing from {where} ({folder}); "
+                           "reinstall fewstep, or retrain it: fewstep train configs/autoencoder_small.yaml, "
+                           "then configs/resshift_small.yaml, then scripts/package_fewstep_small.py")
+    return load_folder(folder, name=name, **kwargs)
 
 
 def load_folder(folder, weights=None, device="cpu", dtype="fp32", tile: int | None = None, overlap: int | None = None,

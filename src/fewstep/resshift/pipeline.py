@@ -120,7 +120,8 @@ class ResShiftPipeline:
         for k, t in enumerate(reversed(range(self.chain.steps))):
             tt = torch.full((b,), t, dtype=torch.long, device=self.device)
             with self._autocast(dtype):
-                x0 = self.unet(self.chain.scale_input(z, tt), self.chain.model_timesteps(tt), lq=lq, mask=mask_in).float()
+                out = self.unet(self.chain.scale_input(z, tt), self.chain.model_timesteps(tt), lq=lq, mask=mask_in)
+            x0 = self.chain.x0_from_output(out.float(), z_y)
             z = self.chain.step(z, x0, tt, noise[k + 1].to(z))
             if callback is not None:
                 callback(k, t, z, x0)

@@ -134,10 +134,10 @@ class ResShiftTask(TrainTask):
     def setup(self, ctx) -> None:
         from .chain import ResShiftChain
         from .checkpoint import load_into, read_state_dict
-        from .vq import VQModel
+        from .patch_ae import build_autoencoder
 
         self.chain = ResShiftChain(**self.chain_cfg)
-        vq = VQModel(**self.ae["params"])
+        vq = build_autoencoder(self.ae["params"])
         weights = self.ae.get("weights")
         if weights:
             if not Path(weights).is_file():
@@ -198,7 +198,8 @@ class ResShiftTask(TrainTask):
         t = torch.randint(0, self.chain.steps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
         zt = self.chain.q_sample(z0, zy, t, noise)
-        pred = ctx.models["unet"](self.chain.scale_input(zt, t), t, lq=lq, mask=mask_in).float()
+        out = ctx.models["unet"](self.chain.scale_input(zt, t), t, lq=lq, mask=mask_in).float()
+        pred = self.chain.x0_from_output(out, zy)  # the x0 estimate (residual models: zy + output)
         mse = (pred - z0).pow(2).mean()
         logs = {"mse": float(mse.detach())}
         loss = self.mse_w * mse

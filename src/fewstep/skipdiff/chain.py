@@ -140,7 +140,7 @@ class CosineChain:
 
 
 class ResShiftAdapter:
-    """SkipDiff's chain protocol over `fewstep.resshift.chain.ResShiftChain` (x0-prediction).
+    """SkipDiff's chain protocol over `fewstep.resshift.chain.ResShiftChain` (x0 or residual prediction).
 
     `model` is a ResShift denoiser: `model.unet(x_scaled, t, lq)` -> x̂0 in latent space, with
     optional `model.encode(img[-1,1])` / `model.decode(z)` for latent models (pixel chains: none).
@@ -168,7 +168,7 @@ class ResShiftAdapter:
     def predict_x0(self, model, x, cond: dict, label) -> torch.Tensor:
         t = _as_index(label, x.shape[0]).to(x.device)
         unet = getattr(model, "unet", model)
-        return unet(self.rc.scale_input(x, t), t, cond["lq"])
+        return self.rc.x0_from_output(unet(self.rc.scale_input(x, t), t, cond["lq"]), cond["y"])
 
     def moments(self, t_from, t_to, batch: int):
         tf, tt = _as_index(t_from, batch).tolist(), _as_index(t_to, batch).tolist()
