@@ -210,7 +210,7 @@ class AutoencoderTask(TrainTask):
         ae = models["ae"]
         # a KL model is saved by its diffusers module so the keys are the usual diffusers keys
         export_safetensors({"autoencoder": ae.model if self.kind == "kl" else ae}, folder, dtype=dtype)
-        params = {"kind": "patch", **ae.config} if self.kind == "patch" else self.ae["params"]
+        params = {"kind": ae.kind, **ae.config} if self.kind == "patch" else self.ae["params"]
         meta = {"kind": self.kind, "step": ctx.step, "params": params,
                 "ema": ctx.settings.ema_rate is not None, "dtype": ex.get("dtype", "fp32")}
         (folder / "autoencoder.json").write_text(json.dumps(meta, indent=2))
