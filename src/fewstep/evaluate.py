@@ -548,7 +548,7 @@ def eval_command(
     data: Annotated[list[Path], typer.Option("--data", "-d", help="HR image folder, or a test set with lr/ and hr/ (repeat).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for CSV/Markdown/plot/report.")],
     degradation: Annotated[list[str], typer.Option("--degradation", help="Degradation preset for HR folders (repeat).")] = [],  # noqa: B006
-    metric: Annotated[list[str], typer.Option("--metric", help="Metric name (repeat); default psnr_y ssim_y niqe brisque.")] = [],  # noqa: B006
+    metric: Annotated[list[str], typer.Option("--metric", help="Metric name (repeat); default psnr_y ssim_y niqe brisque edge_recovery.")] = [],  # noqa: B006
     scale: Annotated[int, typer.Option("--scale", help="Upscaling factor.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Base seed; per-image seeds derive from it and the file name.")] = 0,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps for diffusion models (default: their own).")] = None,
@@ -561,7 +561,7 @@ def eval_command(
     """Evaluate models on datasets with metrics; write per-image/summary tables, a plot and a report."""
     import shlex
 
-    metrics = list(metric) or ["psnr_y", "ssim_y", "niqe", "brisque"]
+    metrics = list(metric) or ["psnr_y", "ssim_y", "niqe", "brisque", "edge_recovery"]
     datasets = make_datasets(data, degradation)
     if limit is not None and limit < 1:
         raise FewstepError(f"--limit must be >= 1, got {limit}")

@@ -2,6 +2,7 @@
 
     from fewstep.metrics import psnr, ssim, niqe, brisque, get_metric
     psnr(sr, hr, crop_border=4, y_channel=True)      # BasicSR calculate_psnr
+    edge_recovery(sr, hr)                            # share of the HR's strongest edges kept (1 = all)
     niqe(sr)                                         # standard pristine model, pyiqa-style gray
     m = get_metric("lpips", weights="~/weights")     # m.lower_better, m.needs_reference, m(sr, hr)
 
@@ -17,6 +18,7 @@ from typing import Any, Callable
 
 from ..errors import FewstepError
 from .brisque import brisque
+from .edge import edge_recovery
 from .fullref import psnr, ssim
 from .niqe import NiqeModel, fit_niqe_model, niqe
 
@@ -69,6 +71,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     _m("ssim_y", False, True, ssim, "SSIM on the MATLAB YCbCr Y channel", y_channel=True),
     _m("niqe", True, False, niqe, "NIQE, standard pristine model, gray as pyiqa"),
     _m("brisque", True, False, brisque, "BRISQUE with OpenCV's LIVE SVR model (0-100)"),
+    _m("edge_recovery", False, True, edge_recovery, "edge recovery on Y: SR gradient along the HR's top-10% edges / HR magnitude (1 = kept)"),
     _m("lpips", True, True, lpips, "LPIPS v0.1, AlexNet (needs alexnet-owt-7be5be79.pth)", net="alex"),
     _m("lpips-vgg", True, True, lpips, "LPIPS v0.1, VGG16 (needs vgg16-397923af.pth)", net="vgg"),
     _m("dists", True, True, dists, "DISTS (needs vgg16-397923af.pth)"),
@@ -79,7 +82,7 @@ _ALIASES = {"psnry": "psnr_y", "lpips-alex": "lpips", "lpips_vgg": "lpips-vgg"}
 
 _OPTIONS = {
     "psnr": {"crop_border"}, "psnr_y": {"crop_border"}, "ssim": {"crop_border"}, "ssim_y": {"crop_border"},
-    "niqe": {"model", "convert_to", "crop_border"}, "brisque": set(),
+    "niqe": {"model", "convert_to", "crop_border"}, "brisque": set(), "edge_recovery": {"crop_border"},
     "lpips": {"weights", "device"}, "lpips-vgg": {"weights", "device"}, "dists": {"weights", "device"},
 }
 
@@ -96,5 +99,5 @@ def get_metric(name: str, **options: Any) -> Metric:
     return METRICS[key].with_options(**options) if options else METRICS[key]
 
 
-__all__ = ["psnr", "ssim", "niqe", "brisque", "lpips", "dists", "NiqeModel", "fit_niqe_model",
+__all__ = ["psnr", "ssim", "niqe", "brisque", "edge_recovery", "lpips", "dists", "NiqeModel", "fit_niqe_model",
            "Metric", "METRICS", "get_metric"]
