@@ -17,7 +17,7 @@ from fewstep.baselines.rrdbnet import RRDBNet
 from fewstep.tiling import run_tiled
 from fewstep.errors import CheckpointError, WeightsNotFoundError
 
-PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "eval" / "flower.png"
+PHOTO = Path(__file__).resolve().parent / "fixtures" / "photos" / "eval" / "flower.png"
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_PHOTOS
+from conftest import PHOTOS
 from PIL import Image
 
 from fewstep.degrade import PRESETS, degrade, degrade_batch, degrade_one, imresize, random_mask
@@ -17,7 +17,7 @@ from fewstep.degrade.jpeg import jpeg_uint8
 from fewstep.degrade.noise import gaussian_noise, poisson_noise
 from fewstep.errors import FewstepError
 
-PHOTO = SHARED_PHOTOS / "eval" / "flower.png"
+PHOTO = PHOTOS / "eval" / "flower.png"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ from PIL import Image
 from fewstep.errors import FewstepError
 from fewstep.evaluate import image_seed, make_datasets, parse_model_spec, run_eval
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "eval"
+PHOTOS = Path(__file__).resolve().parent / "fixtures" / "photos" / "eval"
 
 
 class RgbPsnr:

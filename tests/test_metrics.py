@@ -20,11 +20,9 @@ from fewstep.metrics import (METRICS, NiqeModel, brisque, fit_niqe_model, get_me
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics_reference.json"
 _ROOT = Path(__file__).resolve().parents[1]
-# the shared photos live beside the project (../shared) or inside a checkout's shared/
-PHOTOS = next((p for p in (_ROOT.parent / "shared" / "data" / "photos", _ROOT / "shared" / "data" / "photos")
-               if (p / "eval").is_dir()), _ROOT.parent / "shared" / "data" / "photos")
+# copies of the shared photos, shipped with the tests
+PHOTOS = Path(__file__).resolve().parent / "fixtures" / "photos"
 REF = json.loads(FIXTURE.read_text())["images"]
-needs_photos = pytest.mark.skipif(not (PHOTOS / "eval").is_dir(), reason="shared photos not available")
 
 
 def _load(key: str) -> np.ndarray:
@@ -116,7 +114,6 @@ def test_ssim_identical_is_one_and_matches_independent_reference():
     assert ssim(a, b, crop_border=4) == pytest.approx(_ssim_scipy(a[4:-4, 4:-4], b[4:-4, 4:-4]), abs=1e-10)
 
 
-@needs_photos
 def test_psnr_ssim_match_basicsr_on_degraded_photos():
     for key, ref in REF.items():
         if not key.endswith("__bicx4"):
@@ -133,7 +130,6 @@ def test_psnr_ssim_match_basicsr_on_degraded_photos():
 
 # ---------------------------------------------------------------- NIQE / BRISQUE vs references
 
-@needs_photos
 @pytest.mark.parametrize("key", sorted(REF))
 def test_niqe_within_1pct_of_basicsr(key):
     img, ref = _load(key), REF[key]
@@ -143,7 +139,6 @@ def test_niqe_within_1pct_of_basicsr(key):
         assert niqe(img, convert_to="y", crop_border=4) == pytest.approx(ref["niqe_y_crop4"], rel=0.01)
 
 
-@needs_photos
 @pytest.mark.parametrize("key", sorted(REF))
 def test_brisque_within_1pct_of_opencv(key):
     # 1% relative, with a 0.01 floor on the 0-100 scale for scores the reference clamps at 0
@@ -151,7 +146,6 @@ def test_brisque_within_1pct_of_opencv(key):
     assert brisque(_load(key)) == pytest.approx(ref, rel=0.01, abs=0.01)
 
 
-@needs_photos
 def test_blur_raises_niqe_and_brisque():
     for stem in ("flower", "Kleiber_by_Lukas_Baubkus"):
         assert REF[f"{stem}__bicx4"]["niqe_gray"] > REF[stem]["niqe_gray"] + 1  # the reference agrees
@@ -198,7 +192,6 @@ def test_standard_model_is_the_vendored_basicsr_file(tmp_path):
         NiqeModel.load(tmp_path / "bad.npz")
 
 
-@needs_photos
 def test_fitted_small_block_model_scores_128px_crops_sharp_below_blurred(tmp_path):
     # fit on crops of the training photos, score held-out eval crops at 128x128
     train = sorted((PHOTOS / "train").glob("*.png"))[:8]

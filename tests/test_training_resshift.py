@@ -16,9 +16,8 @@ from fewstep.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-PHOTOS = ROOT.parent / "shared" / "data" / "photos"
+PHOTOS = Path(__file__).resolve().parent / "fixtures" / "photos"
 
-needs_photos = pytest.mark.skipif(not (PHOTOS / "train").is_dir(), reason="shared photos not present")
 
 
 
@@ -37,7 +36,6 @@ TINY_VQ_PARAMS = ("{embed_dim: 3, n_embed: 64, ddconfig: {double_z: false, z_cha
                   " out_ch: 3, ch: 32, ch_mult: [1, 2, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}}")
 
 
-@needs_photos
 @pytest.mark.parametrize("kind", ["patch", "vq"])
 def test_small_configs_smoke_autoencoder_then_resshift(tmp_path, kind):
     """The shipped small configs (patch autoencoder) and the official VQ layout, shrunk to seconds."""
