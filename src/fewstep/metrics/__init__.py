@@ -3,7 +3,7 @@
     from fewstep.metrics import psnr, ssim, niqe, brisque, get_metric
     psnr(sr, hr, crop_border=4, y_channel=True)      # BasicSR calculate_psnr
     edge_recovery(sr, hr)                            # share of the HR's strongest edges kept (1 = all)
-    niqe(sr)                                         # standard pristine model, pyiqa-style gray
+    niqe(sr)                                         # MATLAB niqe; niqe(sr, flavour="pyiqa") as pyiqa
     m = get_metric("lpips", weights="~/weights")     # m.lower_better, m.needs_reference, m(sr, hr)
 
 Images: HxWx3 uint8 RGB arrays, or float tensors in [0, 1] shaped (3,H,W) / (1,3,H,W).
@@ -69,8 +69,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     _m("psnr_y", False, True, psnr, "PSNR in dB on the MATLAB YCbCr Y channel", y_channel=True),
     _m("ssim", False, True, ssim, "SSIM averaged over RGB channels (BasicSR)"),
     _m("ssim_y", False, True, ssim, "SSIM on the MATLAB YCbCr Y channel", y_channel=True),
-    _m("niqe", True, False, niqe, "NIQE, standard pristine model, gray as pyiqa"),
-    _m("brisque", True, False, brisque, "BRISQUE with OpenCV's LIVE SVR model (0-100)"),
+    _m("niqe", True, False, niqe, "NIQE as MATLAB's niqe (standard model, rgb2gray)"),
+    _m("niqe_pyiqa", True, False, niqe, "NIQE as pyiqa computes it (the numbers papers quote)", flavour="pyiqa"),
+    _m("niqe_basicsr", True, False, niqe, "NIQE as BasicSR's calculate_niqe", flavour="basicsr"),
+    _m("brisque", True, False, brisque, "BRISQUE as the authors' release (LIVE allmodel, ~0-100)"),
+    _m("brisque_opencv", True, False, brisque, "BRISQUE as OpenCV's QualityBRISQUE (its LIVE model, 0-100)",
+       flavour="opencv"),
     _m("edge_recovery", False, True, edge_recovery, "edge recovery on Y: SR gradient along the HR's top-10% edges / HR magnitude (1 = kept)"),
     _m("lpips", True, True, lpips, "LPIPS v0.1, AlexNet (needs alexnet-owt-7be5be79.pth)", net="alex"),
     _m("lpips-vgg", True, True, lpips, "LPIPS v0.1, VGG16 (needs vgg16-397923af.pth)", net="vgg"),
@@ -82,7 +86,9 @@ _ALIASES = {"psnry": "psnr_y", "lpips-alex": "lpips", "lpips_vgg": "lpips-vgg"}
 
 _OPTIONS = {
     "psnr": {"crop_border"}, "psnr_y": {"crop_border"}, "ssim": {"crop_border"}, "ssim_y": {"crop_border"},
-    "niqe": {"model", "convert_to", "crop_border"}, "brisque": set(), "edge_recovery": {"crop_border"},
+    "niqe": {"model", "convert_to", "crop_border", "flavour"}, "niqe_pyiqa": {"model", "convert_to", "crop_border"},
+    "niqe_basicsr": {"model", "convert_to", "crop_border"}, "brisque": {"flavour"}, "brisque_opencv": set(),
+    "edge_recovery": {"crop_border"},
     "lpips": {"weights", "device"}, "lpips-vgg": {"weights", "device"}, "dists": {"weights", "device"},
 }
 

@@ -16,8 +16,11 @@ from ..errors import FewstepError
 
 # MATLAB rgb2ycbcr luma row (ITU-R BT.601, studio range 16-235), the SR-literature Y channel.
 _YCBCR_Y = np.array([65.481, 128.553, 24.966]) / 255.0
-# BT.601 luma without offset: cv2 RGB2GRAY / MATLAB rgb2gray / pyiqa's 'yiq' Y.
+# BT.601 luma without offset: cv2 RGB2GRAY / pyiqa's 'yiq' Y / BasicSR's 'gray'.
 _GRAY = np.array([0.299, 0.587, 0.114])
+# MATLAB rgb2gray: the first row of inv([1 0.956 0.621; 1 -0.272 -0.647; 1 -1.106 1.703]), i.e. the Y
+# row of MATLAB's YIQ, to the digits MATLAB's rgb2gray uses (not the rounded 0.299/0.587/0.114).
+_GRAY_MATLAB = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
 
 
 def _is_tensor(x) -> bool:
@@ -73,6 +76,25 @@ def rgb_to_y(arr: np.ndarray) -> np.ndarray:
 def rgb_to_gray(arr: np.ndarray) -> np.ndarray:
     """HxWx3 [0,255] RGB -> HxW 0.299R + 0.587G + 0.114B, unrounded float64."""
     return arr @ _GRAY
+
+
+def round_half_up(a: np.ndarray) -> np.ndarray:
+    """MATLAB's conversion of non-negative doubles to uint8: round half away from zero, saturate."""
+    return np.clip(np.floor(a + 0.5), 0, 255)
+
+
+def rgb2gray_matlab(arr: np.ndarray) -> np.ndarray:
+    """HxWx3 [0,255] RGB (8-bit values) -> HxW of MATLAB `rgb2gray(uint8)`: integer-valued float64.
+
+    MATLAB weights the channels with its own coefficients and returns uint8, so the result is
+    rounded half up (np.round would round halves to even).
+    """
+    return round_half_up(arr @ _GRAY_MATLAB)
+
+
+def rgb2ycbcr_y_matlab(arr: np.ndarray) -> np.ndarray:
+    """HxWx3 [0,255] RGB (8-bit values) -> HxW Y of MATLAB `rgb2ycbcr(uint8)`: rounded half up."""
+    return round_half_up(rgb_to_y(arr))
 
 
 def to_luma(arr: np.ndarray, convert_to: str) -> np.ndarray:

@@ -1,19 +1,25 @@
 """NIQE (Mittal, Soundararajan & Bovik, "Making a 'completely blind' image quality analyzer", 2013).
 
-Reproduces BasicSR 1.4.2 `calculate_niqe` (itself within 1e-6 of the authors' MATLAB code) with the
-shipped pristine model `niqe_pris_params.npz` (vendored from the basicsr sdist, Apache-2.0):
-- the image is reduced to one channel, rounded, cropped to whole blocks;
-- at two scales (full, then MATLAB-bicubic half size): MSCN coefficients with a 7x7 Gaussian
-  (sigma 7/6, replicate borders), then per block an AGGD fit of the MSCN values (2 features) and
-  of the four neighbour products (H, V, D1, D2; 4 features each) -> 18 features per scale, 36 in all;
-- the blocks' features are fitted by a Gaussian (mean, covariance) and compared with the pristine
-  model: sqrt((mu_p - mu_d)^T pinv((S_p + S_d)/2) (mu_p - mu_d)). Lower is better.
+Three flavours of the same algorithm, which differ only in arithmetic details (docs/metrics.md):
+- `flavour="matlab"` (default): the authors' MATLAB `niqe` (niqe_release `computequality.m`):
+  gray = MATLAB `rgb2gray` (its own coefficients, rounded half up to uint8); the half-scale image is
+  `imresize(im, 0.5)` on the 0-255 values; and where the 7x7 neighbourhood is constant the MSCN
+  coefficient is exactly 0, as it is in exact arithmetic (see `_mscn`).
+- `flavour="pyiqa"`: pyiqa's `niqe` (the numbers most papers quote): 0.299/0.587/0.114 in float32
+  on [0, 1] values, rounded half to even; a float32-rounded Gaussian window; sqrt(var + eps);
+  resize on [0, 1] values.
+- `flavour="basicsr"`: BasicSR 1.4.2 `calculate_niqe` (0.299/0.587/0.114 or YCbCr Y, np.round,
+  resize on [0, 1] values).
+Common to all: the image is cropped to whole 96x96 blocks; at two scales (full, then MATLAB-bicubic
+half size) MSCN coefficients with a 7x7 Gaussian (sigma 7/6, replicate borders), then per block an
+AGGD fit of the MSCN values (2 features) and of the four neighbour products (H, V, D1, D2; 4 features
+each) -> 18 features per scale, 36 in all; the blocks' features are fitted by a Gaussian (mean,
+covariance) and compared with the pristine model (`niqe_pris_params.npz`, vendored from the basicsr
+sdist, Apache-2.0; the authors' modelparameters.mat):
+sqrt((mu_p - mu_d)^T pinv((S_p + S_d)/2) (mu_p - mu_d)). Lower is better.
 
-Colour: `convert_to='gray'` (default) uses 0.299R + 0.587G + 0.114B, which is what pyiqa's `niqe`
-does (its 'yiq' Y); `convert_to='y'` uses the MATLAB YCbCr Y, BasicSR's default (and SkipDiff's).
-
-Why hand-written: BasicSR cannot be imported without torchvision, and pyiqa downloads its model.
-Everything is vectorised over blocks in numpy float64.
+Why hand-written: BasicSR cannot be imported without torchvision, pyiqa downloads its model, and
+neither reproduces MATLAB. Everything is vectorised over blocks in numpy float64.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import FewstepError
-from ._image import crop, to_luma, to_uint8
+from ._image import crop, rgb2gray_matlab, rgb2ycbcr_y_matlab, to_luma, to_uint8
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "metrics"
 STANDARD_PARAMS = DATA_DIR / "niqe_pris_params.npz"
 N_FEATURES = 36
+FLAVOURS = ("matlab", "pyiqa", "basicsr")
+# local max - min at or below this (on the 0-255 scale) is a constant neighbourhood: real differences
+# are >= 1 at full scale (integers) and >= ~1e-4 after the half-scale resize, round-off is ~1e-13
+_CONST_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,13 @@ def _gauss_window() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
+def _gauss_window_f32() -> np.ndarray:
+    # pyiqa builds the window in float64 and stores it as float32 before filtering float64 images:
+    # its weights then sum to 1 only to ~1e-8, which is what makes flat areas non-zero there
+    return _gauss_window().astype(np.float32).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=1)
 def _gamma_grid() -> tuple[np.ndarray, np.ndarray]:
     from scipy.special import gamma
 
@@ -110,6 +127,16 @@ def _aggd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     from scipy.special import gamma
 
+    alpha, left, right = aggd_std(x)
+    k = np.sqrt(gamma(1.0 / alpha) / gamma(3.0 / alpha))
+    return alpha, left * k, right * k
+
+
+def aggd_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MATLAB `estimateaggdparam` on each row of x (n, m): (alpha, left std, right std), each (n,).
+
+    Zeros count in the moments but on neither side; that is why exact zeros matter (see `_mscn`).
+    """
     gam, r_gam = _gamma_grid()
     neg, pos = x < 0, x > 0
     sq = x * x
@@ -125,9 +152,7 @@ def _aggd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     take_hi = (r_gam[hi] - rnorm) ** 2 < (r_gam[lo] - rnorm) ** 2
     idx = np.where(take_hi, hi, lo)
     idx = np.where(np.isnan(rnorm), 0, idx)
-    alpha = gam[idx]
-    k = np.sqrt(gamma(1.0 / alpha) / gamma(3.0 / alpha))
-    return alpha, left * k, right * k
+    return gam[idx], left, right
 
 
 def _block_features(blocks: np.ndarray) -> np.ndarray:
@@ -147,13 +172,26 @@ def _block_features(blocks: np.ndarray) -> np.ndarray:
     return np.stack(feats, axis=1)
 
 
-def _mscn(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.ndimage import convolve
+def _mscn(img: np.ndarray, flavour: str = "matlab") -> tuple[np.ndarray, np.ndarray]:
+    """MSCN coefficients (I - mu) / (sigma + 1) and sigma, 7x7 Gaussian, replicate borders."""
+    from scipy.ndimage import convolve, maximum_filter, minimum_filter
 
-    w = _gauss_window()
+    w = _gauss_window_f32() if flavour == "pyiqa" else _gauss_window()
     mu = convolve(img, w, mode="nearest")
-    sigma = np.sqrt(np.abs(convolve(img * img, w, mode="nearest") - mu * mu))
-    return (img - mu) / (sigma + 1.0), sigma
+    var = np.abs(convolve(img * img, w, mode="nearest") - mu * mu)
+    if flavour == "pyiqa":
+        var = var + np.finfo(np.float64).eps  # pyiqa's safe_sqrt
+    sigma = np.sqrt(var)
+    mscn = (img - mu) / (sigma + 1.0)
+    if flavour == "matlab":
+        # Where the 7x7 neighbourhood is constant, I - mu and sigma are 0 in exact arithmetic; in
+        # floating point they come out as ~1e-13 of either sign, which the AGGD fits count as left
+        # or right samples (a posterised image has ~30 % such pixels and moves by ~4 %). Detect the
+        # flat neighbourhoods exactly (local max == min) and make their coefficients 0.
+        flat = (maximum_filter(img, 7, mode="nearest") - minimum_filter(img, 7, mode="nearest")) <= _CONST_TOL
+        mscn[flat] = 0.0
+        sigma[flat] = 0.0
+    return mscn, sigma
 
 
 def _blocks(img: np.ndarray, bh: int, bw: int) -> np.ndarray:
@@ -162,14 +200,19 @@ def _blocks(img: np.ndarray, bh: int, bw: int) -> np.ndarray:
     return v.transpose(0, 2, 1, 3).reshape(nh * nw, bh, bw)
 
 
-def _half(img: np.ndarray) -> np.ndarray:
+def _half(img: np.ndarray, flavour: str = "matlab") -> np.ndarray:
     from ..degrade.resize import imresize
 
-    # MATLAB imresize(img, 0.5) (bicubic, antialiased) on [0, 1] values, as the reference does.
+    if flavour == "matlab":
+        # computequality.m: imresize(im, 0.5) on the 0-255 doubles (bicubic, antialiased); a flat
+        # area stays exactly flat, which the /255, x255 round trip would break
+        return imresize(img, 0.5, antialias=True)
+    # BasicSR and pyiqa resize the [0, 1] image and scale back
     return imresize(img / 255.0, 0.5, antialias=True) * 255.0
 
 
-def niqe_features(gray: np.ndarray, block_size: int = 96, *, return_sharpness: bool = False):
+def niqe_features(gray: np.ndarray, block_size: int = 96, *, return_sharpness: bool = False,
+                  flavour: str = "matlab"):
     """(n_blocks, 36) features of a rounded single-channel [0, 255] float image (cropped to blocks).
 
     With `return_sharpness`, also the mean local sigma of each block at full scale (used to select
@@ -182,40 +225,67 @@ def niqe_features(gray: np.ndarray, block_size: int = 96, *, return_sharpness: b
     per_scale = []
     sharp = None
     for scale in (1, 2):
-        mscn, sigma = _mscn(img)
+        mscn, sigma = _mscn(img, flavour)
         b = bs // scale
         per_scale.append(_block_features(_blocks(mscn, b, b)))
         if scale == 1:
             sharp = _blocks(sigma, b, b).mean(axis=(1, 2))
-            img = _half(img)
+            img = _half(img, flavour)
     feats = np.concatenate(per_scale, axis=1)
     return (feats, sharp) if return_sharpness else feats
 
 
-def _prepare(img, convert_to: str, crop_border: int, what: str = "image") -> np.ndarray:
+def _check_flavour(flavour: str) -> str:
+    if flavour not in FLAVOURS:
+        raise FewstepError(f"NIQE flavour must be one of {', '.join(FLAVOURS)}, got {flavour!r}")
+    return flavour
+
+
+def _prepare(img, convert_to: str, crop_border: int, what: str = "image", flavour: str = "matlab") -> np.ndarray:
+    """The rounded single-channel [0, 255] float64 image NIQE works on."""
     # NIQE is defined on 8-bit images (the reference reads PNGs): float inputs are quantised first,
     # so a tensor and the uint8 image it came from score the same.
-    arr = crop(to_uint8(img, what).astype(np.float64), crop_border, what)
-    # the reference rounds the (gray / Y) image to integers "to be consistent with MATLAB"
+    u8 = crop(to_uint8(img, what), crop_border, what)
+    if convert_to not in ("gray", "y"):
+        raise FewstepError(f"convert_to must be 'y' or 'gray', got {convert_to!r}")
+    if u8.shape[2] == 1:
+        return u8[:, :, 0].astype(np.float64)
+    arr = u8.astype(np.float64)
+    if flavour == "matlab":
+        # MATLAB rgb2gray / rgb2ycbcr on uint8 return uint8: rounded half up
+        return rgb2gray_matlab(arr) if convert_to == "gray" else rgb2ycbcr_y_matlab(arr)
+    if flavour == "pyiqa":
+        # pyiqa: float32 tensor in [0, 1] -> float32 Y -> x255 -> torch.round (half to even)
+        x = u8.astype(np.float32) / np.float32(255.0)
+        if convert_to == "gray":
+            y = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        else:
+            y = (x @ np.array([65.481, 128.553, 24.966], dtype=np.float32) + np.float32(16.0)) / np.float32(255.0)
+        return np.round(y.astype(np.float32) * np.float32(255.0)).astype(np.float64)
+    # BasicSR rounds the unrounded float64 gray / Y "to be consistent with MATLAB" with np.round
     return np.round(to_luma(arr, convert_to))
 
 
-def niqe(img, model: NiqeModel | None = None, *, convert_to: str = "gray", crop_border: int = 0) -> float:
+def niqe(img, model: NiqeModel | None = None, *, convert_to: str = "gray", crop_border: int = 0,
+         flavour: str = "matlab") -> float:
     """NIQE of one image (lower is better); `model=None` uses the standard pristine model.
 
     img: HxWx3 uint8 RGB (or HxW gray) array, or a float tensor in [0, 1] (3,H,W)/(1,3,H,W)
     (rounded to 8 bits first).
-    convert_to: 'gray' (pyiqa `niqe`) or 'y' (BasicSR default, MATLAB YCbCr Y).
+    convert_to: 'gray' (MATLAB `niqe` on rgb2gray, pyiqa `niqe`) or 'y' (MATLAB YCbCr Y, BasicSR's
+    default, SkipDiff's).
+    flavour: 'matlab' (the authors' MATLAB code), 'pyiqa' or 'basicsr' (their Python ports).
     """
+    _check_flavour(flavour)
     model = model if model is not None else _standard_model()
-    gray = _prepare(img, convert_to, crop_border)
+    gray = _prepare(img, convert_to, crop_border, flavour=flavour)
     bs = model.block_size
     h, w = gray.shape
     if h < 2 * bs or w < 2 * bs:
         raise FewstepError(
             f"NIQE with {bs}-px blocks needs an image of at least {2 * bs}x{2 * bs} px, got {h}x{w}; "
             f"use a model with smaller blocks (fewstep.metrics.fit_niqe_model(images, block_size={_suggest(h, w)}))")
-    feats = niqe_features(gray, bs)
+    feats = niqe_features(gray, bs, flavour=flavour)
     return _mvg_distance(feats, model)
 
 
@@ -249,7 +319,7 @@ def _load_image(item):
 
 
 def fit_niqe_model(images: Iterable, block_size: int = 96, sharpness_threshold: float = 0.75, *,
-                   convert_to: str = "gray", quiet: bool = False) -> NiqeModel:
+                   convert_to: str = "gray", quiet: bool = False, flavour: str = "matlab") -> NiqeModel:
     """Fit a pristine NIQE model on clean HR images, as the NIQE paper and MATLAB `fitniqe` do.
 
     For each image: the 36 features of every `block_size` block, keeping only blocks whose sharpness
@@ -265,13 +335,14 @@ def fit_niqe_model(images: Iterable, block_size: int = 96, sharpness_threshold: 
         raise FewstepError(f"fit_niqe_model: block_size must be an even number >= 8, got {block_size}")
     if not 0.0 <= sharpness_threshold < 1.0:
         raise FewstepError(f"fit_niqe_model: sharpness_threshold must be in [0, 1), got {sharpness_threshold}")
+    _check_flavour(flavour)
     images = list(images)
     kept = []
     for i, item in enumerate(tqdm(images, desc="fit NIQE", unit="img", disable=quiet)):
-        gray = _prepare(_load_image(item), convert_to, 0, f"image {i}")
+        gray = _prepare(_load_image(item), convert_to, 0, f"image {i}", flavour)
         if gray.shape[0] < bs or gray.shape[1] < bs:
             continue  # smaller than one block: contributes nothing
-        feats, sharp = niqe_features(gray, bs, return_sharpness=True)
+        feats, sharp = niqe_features(gray, bs, return_sharpness=True, flavour=flavour)
         kept.append(feats[sharp > sharpness_threshold * sharp.max()])
     if not kept:
         raise FewstepError(f"fit_niqe_model: no image is at least {bs}x{bs} px")
