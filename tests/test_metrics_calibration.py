@@ -105,6 +105,7 @@ def test_niqe_half_scale_is_resized_on_0_255_values():
     half = m._half(img, "matlab")
     assert half.shape == (96, 96)
     assert np.all(half[:, :40] == 117.0) and np.all(half[:, -40:] == 118.0)  # flat stays exactly flat
+    assert 117.0 < half[0, 48] < 118.0  # the edge is interpolated
     # the BasicSR/pyiqa round trip through [0, 1] agrees to round-off only
     assert np.allclose(m._half(img, "basicsr"), half, rtol=0, atol=1e-9)
 

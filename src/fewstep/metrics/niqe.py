@@ -204,8 +204,8 @@ def _half(img: np.ndarray, flavour: str = "matlab") -> np.ndarray:
     from ..degrade.resize import imresize
 
     if flavour == "matlab":
-        # computequality.m: imresize(im, 0.5) on the 0-255 doubles (bicubic, antialiased); a flat
-        # area stays exactly flat, which the /255, x255 round trip would break
+        # computequality.m: imresize(im, 0.5) on the 0-255 doubles (bicubic, antialiased); the
+        # /255, x255 round trip of BasicSR/pyiqa differs from it by round-off only (~1e-13)
         return imresize(img, 0.5, antialias=True)
     # BasicSR and pyiqa resize the [0, 1] image and scale back
     return imresize(img / 255.0, 0.5, antialias=True) * 255.0
@@ -326,7 +326,8 @@ def fit_niqe_model(images: Iterable, block_size: int = 96, sharpness_threshold: 
     (mean local sigma at full scale) exceeds `sharpness_threshold` x the image's sharpest block.
     The kept features of all images give the model's mean and covariance (NaN rows dropped).
     Images are arrays/tensors as for `niqe`, or paths. Use smaller blocks (e.g. 32) to score small
-    images; the model is only comparable with scores computed with the same model.
+    images; the model is only comparable with scores computed with the same model (and `flavour`,
+    default 'matlab' as MATLAB `fitniqe`).
     """
     from tqdm import tqdm
 
