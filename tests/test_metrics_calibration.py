@@ -140,7 +140,7 @@ def test_brisque_posterised_difference_is_round_off_in_flat_areas(key):
     """Where the 7x7 neighbourhood is flat, the MSCN coefficient is 0 in exact arithmetic; floating
     point leaves ~1e-14 of either sign, which the AGGD fits count as left/right samples. fewstep uses
     the exact zeros; the published value lies between that and the score with round-off kept, so
-    the release's own round-off accounts for the whole difference."""
+    the release's own round-off can account for the whole difference."""
     b = _module("brisque")
     from fewstep.metrics._image import rgb2gray_matlab
 
