@@ -178,3 +178,5 @@ def test_brisque_opencv_flavour_is_kept_and_differs_from_the_release():
 
     with pytest.raises(FewstepError, match="flavour must be one of official, opencv"):
         brisque(img, flavour="matlab")
+    with pytest.raises(FewstepError, match="no texture"):
+        brisque(np.full((64, 64, 3), 128, np.uint8))

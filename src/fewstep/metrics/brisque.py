@@ -222,7 +222,7 @@ def brisque_features_official(gray: np.ndarray, *, exact_flat: bool = True) -> n
 def _predict_official(feats: np.ndarray) -> float:
     m = _official_model()
     # brisquescore.m writes the features with '%f'; svm-scale maps them to [lower, upper] and writes
-    # '%g' (6 significant digits): reproduce both roundings (they move the score by ~1e-3)
+    # '%g' (6 significant digits): reproduce both roundings (they move the score by up to ~5e-4)
     f = np.array([float(f"{v:f}") for v in feats])
     lo, hi = m["feature_min"], m["feature_max"]
     lower, upper = float(m["scale_lower"]), float(m["scale_upper"])
