@@ -89,9 +89,15 @@ def image_metrics(out: torch.Tensor, hr: torch.Tensor, *, scale: int, niqe: bool
 
     m = {"psnr_y": psnr(out, hr, crop_border=scale, y_channel=True)}
     if niqe:
+        import math
+
+        from ..errors import FewstepError
         from ..metrics.niqe import niqe as niqe_fn
 
-        m["niqe"] = niqe_fn(out)
+        try:
+            m["niqe"] = niqe_fn(out)
+        except FewstepError:  # too few non-flat blocks for NIQE: a blank value must not stop training
+            m["niqe"] = math.nan
     return m
 
 

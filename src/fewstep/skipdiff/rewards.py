@@ -52,7 +52,9 @@ def niqe_score(img: np.ndarray, model=None) -> float:
 
     if model is None and min(img.shape[:2]) < 192:
         raise FewstepError(f"standard NIQE needs >= 192 px, got {img.shape[0]}x{img.shape[1]}; use NIQE-ours")
-    return float(niqe(img, model))
+    # basicsr flavour: the shipped NIQE-ours models were fitted with its features, and it scores
+    # crops with flat blocks (clipped skies) instead of raising as MATLAB's definition does
+    return float(niqe(img, model, flavour="basicsr"))
 
 
 def build_reward(cfg: dict, train_hr=None):
