@@ -57,7 +57,12 @@ class Reporter:
         # monotone: a step loop restarting on the next tile never moves the bar back
         self.fraction = max(self.fraction, min(1.0, (tiles_done + step_frac) / tiles_total))
         if self.callback is not None:
-            label = f"tile {min(tiles_done + 1, tiles_total)}/{tiles_total}, step {self.steps[0]}/{self.steps[1]}"
+            if tiles_done >= tiles_total:
+                label = "finishing"
+            else:
+                label = f"tile {tiles_done + 1}/{tiles_total}"
+                if self.steps[1] > 1 or self.steps[0]:
+                    label += f", step {self.steps[0]}/{self.steps[1]}"
             self.callback(self.fraction, label)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import progress
+from .progress import tick as progress_tick
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -135,7 +135,7 @@ def run_tiled(x: torch.Tensor, fn, *, scale: int, tile: int | None, overlap: int
     blender = TileBlender(b, out_channels or c, h * scale, w * scale, mode=blend, ramp=plan.overlap * scale,
                           device=x.device)
     step = max(1, int(tile_batch))
-    progress.tick("tile", 0, len(tiles))  # the web page's progress bar and cancel button
+    progress_tick("tile", 0, len(tiles))  # the web page's progress bar and cancel button
     with tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=not progress or len(tiles) == 1) as bar:
         for i in range(0, len(tiles), step):
             group = tiles[i:i + step]
@@ -144,5 +144,5 @@ def run_tiled(x: torch.Tensor, fn, *, scale: int, tile: int | None, overlap: int
             for j, t in enumerate(group):
                 blender.add(out[j * b:(j + 1) * b], *t.slices(scale))
             bar.update(len(group))
-            progress.tick("tile", i + len(group), len(tiles))
+            progress_tick("tile", i + len(group), len(tiles))
     return blender.result()

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import progress
+from ..progress import tick as progress_tick
 from ..errors import FewstepError
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
@@ -126,7 +126,7 @@ class ResShiftPipeline:
             z = self.chain.step(z, x0, tt, noise[k + 1].to(z))
             if callback is not None:
                 callback(k, t, z, x0)
-            progress.tick("step", k + 1, self.chain.steps)
+            progress_tick("step", k + 1, self.chain.steps)
         with self._autocast(dtype):
             out = self.vq.decode(z / self.latent_scale_factor).float()
         return out[..., : h * self.scale, : w * self.scale]
