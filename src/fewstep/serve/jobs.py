@@ -108,7 +108,7 @@ class JobManager:
         except FewstepError as e:
             path.unlink(missing_ok=True)
             # read_image names our private file; the page names the user's
-            raise FewstepError(str(e).replace(str(path), shown)) from None
+            raise FewstepError(str(e).replace(str(path), shown).replace("(max_pixels)", "(--max-pixels)")) from None
         up = Upload(uid, shown, path, img.width, img.height, img.bit_depth, img.alpha is not None)
         with self._cv:
             self.uploads[uid] = up

@@ -230,7 +230,7 @@ function slide() {
 window.addEventListener("DOMContentLoaded", () => {
   const drop = $("drop"), input = $("file-input");
   $("pick").addEventListener("click", () => input.click());
-  input.addEventListener("change", () => addFiles(input.files));
+  input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); addFiles(e.dataTransfer.files); });
