@@ -198,6 +198,7 @@ def test_page_result_is_the_cli_png_and_errors_are_shown(browser, server, tmp_pa
 
     if os.environ.get("FEWSTEP_SERVE_SCREENSHOT"):
         driver.find_element("id", "slider").send_keys(*(["\ue012"] * 10))  # arrow left: show a bit more "after"
+        driver.execute_script("document.getElementById('missing').open = true")  # the weight hints
         time.sleep(0.3)
         driver.save_screenshot(os.environ["FEWSTEP_SERVE_SCREENSHOT"])
 
@@ -253,6 +254,31 @@ def test_page_result_is_the_cli_png_and_errors_are_shown(browser, server, tmp_pa
         assert sorted(z.namelist()) == ["flipped.png", "flower_lr128.png"]
         for name in z.namelist():
             assert z.read(name) == (cli_bic / name).read_bytes(), name
+
+    # one job per device: while a job (sent through the API) runs, the page's job waits with its
+    # queue position; cancelling it there works, and so does cancelling the running job
+    import json
+    import urllib.request
+
+    def call(path, data=None, ctype="application/json"):
+        req = urllib.request.Request(url.rstrip("/") + path, data=data, headers={"Content-Type": ctype})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    up = call("/api/upload?name=flower.png", FLOWER.read_bytes(), "application/octet-stream")
+    busy = call("/api/jobs", json.dumps({"model": "fewstep-small", "uploads": [up["id"]], "seed": 1}).encode())
+    _wait(driver, lambda d: call(f"/api/jobs/{busy['id']}")["state"] == "running", timeout=60, what="API job start")
+    Select(driver.find_element("id", "model")).select_by_value("fewstep-small")
+    _upload(driver, [FLOWER])
+    _wait(driver, lambda d: d.find_element("id", "run").is_enabled(), what="upload")
+    driver.find_element("id", "run").click()
+    _wait(driver, lambda d: "position 1" in d.find_element("id", "status").text, timeout=30, what="queue position")
+    driver.find_element("id", "cancel").click()
+    _wait(driver, lambda d: d.find_element("id", "message").text == "Cancelled.", timeout=30, what="cancel (queued)")
+    call(f"/api/jobs/{busy['id']}/cancel", b"")
+    t_cancel = time.monotonic()
+    _wait(driver, lambda d: call(f"/api/jobs/{busy['id']}")["state"] == "cancelled", timeout=60, what="cancel (running)")
+    assert time.monotonic() - t_cancel < 15  # stops at the next sampling step, not at the end
 
     # the server stops cleanly on SIGTERM
     proc.terminate()
