@@ -112,7 +112,7 @@ def browser(tmp_path_factory):
     # closed network: no first-run, sync, component or background requests that would only fail
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={profile}"):
+                 "--disable-dev-shm-usage", "--window-size=1280,960", f"--user-data-dir={profile}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
@@ -144,6 +144,56 @@ def server():
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _call(url, path, data=None, ctype="application/json"):
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + path, data=data, headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+            return json.loads(body) if r.headers["Content-Type"] == "application/json" else body
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+def test_api_keeps_16bit_and_alpha_and_takes_no_paths(server, tmp_path):
+    """Without a browser: a 16-bit RGBA PNG comes back as 16-bit RGBA with the CLI's bytes, and
+    nothing the client sends is used as a path."""
+    import json
+
+    import cv2
+
+    url, proc = server
+    rng = np.random.default_rng(3)
+    src = tmp_path / "deep.png"
+    bgra = rng.integers(0, 65536, (24, 20, 4), dtype=np.uint16)
+    assert cv2.imwrite(str(src), bgra)
+    up = _call(url, "/api/upload?name=../../secret/deep.png", src.read_bytes(), "application/octet-stream")
+    assert (up["name"], up["width"], up["height"], up["bit_depth"], up["alpha"]) == ("deep.png", 20, 24, 16, True)
+    job = _call(url, "/api/jobs", json.dumps({"model": "bicubic", "uploads": [up["id"]]}).encode())
+    for _ in range(300):
+        job = _call(url, f"/api/jobs/{job['id']}")
+        if job["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done", job
+    got = _call(url, job["results"][0]["url"])
+    out = cv2.imdecode(np.frombuffer(got, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (96, 80, 4)
+    cli_out = tmp_path / "cli"
+    subprocess.run(_fewstep("upscale", str(src), "-o", str(cli_out), "-q", "-m", "bicubic"), env=_env(), check=True,
+                   capture_output=True)
+    assert got == (cli_out / "deep.png").read_bytes()
+
+    # ids, not paths: a path where an upload id belongs is just an unknown upload
+    bad = _call(url, "/api/jobs", json.dumps({"model": "bicubic", "uploads": [str(src)]}).encode())
+    assert bad["error"] == "an uploaded file expired; upload it again"
+    assert _call(url, "/static/..%2F__init__.py")["error"] == "not found"
+    assert "unknown model" in _call(url, "/api/jobs", json.dumps({"model": "/tmp/x", "uploads": [up["id"]]}).encode())["error"]
 
 
 def _wait(driver, cond, timeout=90, what="condition"):
@@ -258,12 +308,9 @@ def test_page_result_is_the_cli_png_and_errors_are_shown(browser, server, tmp_pa
     # one job per device: while a job (sent through the API) runs, the page's job waits with its
     # queue position; cancelling it there works, and so does cancelling the running job
     import json
-    import urllib.request
 
     def call(path, data=None, ctype="application/json"):
-        req = urllib.request.Request(url.rstrip("/") + path, data=data, headers={"Content-Type": ctype})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+        return _call(url, path, data, ctype)
 
     up = call("/api/upload?name=flower.png", FLOWER.read_bytes(), "application/octet-stream")
     busy = call("/api/jobs", json.dumps({"model": "fewstep-small", "uploads": [up["id"]], "seed": 1}).encode())
