@@ -75,6 +75,62 @@ def test_progress_reports_tiles_and_cancels_between_tiles():
     assert calls == [1]
 
 
+def test_model_adapter_reads_the_registry_interface(monkeypatch, tmp_path):
+    """serve/models.py switches to `fewstep.registry` when it exists (the interface of issue 11):
+    presence and hints from missing_weights, typed options with defaults, loading through
+    registry.load once per (model, options)."""
+    import types
+    from dataclasses import dataclass
+
+    from fewstep.errors import FewstepError
+    from fewstep.serve import models as adapter
+
+    @dataclass(frozen=True)
+    class OptionSpec:
+        name: str
+        type: type
+        default: object
+        help: str = ""
+        choices: tuple | None = None
+        min: float | None = None
+        max: float | None = None
+
+    @dataclass(frozen=True)
+    class ModelSpec:
+        name: str
+        task: str
+        scale: int
+        description: str
+        options: tuple = ()
+
+    specs = {"a": ModelSpec("a", "sr", 4, "model a", (OptionSpec("steps", int, 4, "steps", None, 1, 15),
+                                                      OptionSpec("color_fix", str, "wavelet", "", ("none", "wavelet")))),
+             "b": ModelSpec("b", "inpaint", 1, "model b")}
+    loads = []
+    fake = types.ModuleType("fewstep.registry")
+    fake.models = lambda: specs
+    fake.missing_weights = lambda spec, weights=None: [] if spec.name == "a" else [f"put b.pth in {weights}"]
+    fake.load = lambda name, **kw: loads.append((name, kw)) or object()
+    monkeypatch.setitem(sys.modules, "fewstep.registry", fake)
+
+    infos = {m.name: m for m in adapter.list_models(tmp_path)}
+    assert infos["a"].present and not infos["b"].present
+    assert infos["b"].hint == f"put b.pth in {tmp_path}" and infos["b"].needs_mask
+    steps = infos["a"].to_json()["options"][0]
+    assert (steps["name"], steps["type"], steps["default"], steps["min"], steps["max"]) == ("steps", "int", 4, 1, 15)
+    # page values -> typed options; defaults are left to the model; bad values are one-line errors
+    assert adapter.coerce_options(infos["a"], {"steps": "2", "color_fix": "wavelet"}) == {"steps": 2}
+    for bad, text in (({"steps": "x"}, "expected int"), ({"steps": 99}, "must be in [1, 15]"),
+                      ({"color_fix": "magic"}, "must be one of none, wavelet"), ({"guidance": 1}, "has no option")):
+        with pytest.raises(FewstepError, match=re.escape(text)):
+            adapter.coerce_options(infos["a"], bad)
+    cache = adapter.ModelCache(tmp_path, device="cpu")
+    m1 = cache.get("a", {"steps": 2})
+    assert cache.get("a", {"steps": 2}) is m1 and len(loads) == 1
+    cache.get("a", {})
+    assert len(loads) == 2 and loads[0] == ("a", dict(weights=tmp_path, device="cpu", dtype="fp32", quiet=True, steps=2))
+
+
 # ----------------------------------------------------------------------------- browser test
 
 
