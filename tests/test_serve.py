@@ -266,6 +266,7 @@ def _upload(driver, paths):
     driver.find_element("id", "file-input").send_keys("\n".join(str(p) for p in paths))
 
 
+@pytest.mark.slow
 def test_page_result_is_the_cli_png_and_errors_are_shown(browser, server, tmp_path):
     url, proc = server
     driver = browser
@@ -296,6 +297,10 @@ def test_page_result_is_the_cli_png_and_errors_are_shown(browser, server, tmp_pa
     assert "128×128" in driver.find_element("id", "files").text
     t0 = time.monotonic()
     driver.find_element("id", "run").click()
+    # the bar follows the sampler: a step label and a fraction strictly between 0 and 1 show up
+    midway = _wait(driver, lambda d: re.search(r"(\d+)% · flower_lr128.png: tile 1/1, step [1-3]/4",
+                                               d.find_element("id", "status").text), timeout=120, what="progress")
+    assert 0 < int(midway.group(1)) < 100
     info = _wait(driver, lambda d: d.find_element("id", "result-info").text or None, timeout=120, what="result")
     page_seconds = time.monotonic() - t0
     assert "512×512" in info
@@ -338,6 +343,22 @@ def test_page_result_is_the_cli_png_and_errors_are_shown(browser, server, tmp_pa
     assert "heavy.png: file is 250000 bytes, above the limit of 200000 bytes" in msg
     assert "Traceback" not in driver.page_source
     assert not driver.find_element("id", "run").is_enabled()
+
+    # drag-and-drop and paste reach the same upload path as the file picker
+    import base64
+
+    b64 = base64.b64encode(FLOWER.read_bytes()).decode()
+    driver.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+        document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));""", b64)
+    _wait(driver, lambda d: "dropped.png: 128×128" in d.find_element("id", "files").text, what="drop")
+    driver.execute_script("document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: (() => {"
+                          "const dt = new DataTransfer(); dt.items.add(new File([Uint8Array.from(atob(arguments[0]), "
+                          "(c) => c.charCodeAt(0))], 'pasted.png', {type: 'image/png'})); return dt; })()}))", b64)
+    _wait(driver, lambda d: "pasted.png: 128×128" in d.find_element("id", "files").text, what="paste")
 
     # several files -> a zip of PNGs, here with the fast bicubic model; each equals the CLI's
     flipped = tmp_path / "flipped.png"
