@@ -42,7 +42,8 @@ def run(*, host: str = "127.0.0.1", port: int = 7860, model: str | None = None, 
         def on_term(signum, frame):  # SIGTERM stops like Ctrl-C: through the same cleanup
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, on_term)
+        # SIGINT too: a process started in the background by a script inherits SIGINT ignored
+        previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
         shown = f"[{host}]" if ":" in host else host
         print(f"fewstep serve: http://{shown}:{server.server_address[1]}/  (model {default} on {device}; "
               "Ctrl-C to stop)", flush=True)
@@ -53,7 +54,8 @@ def run(*, host: str = "127.0.0.1", port: int = 7860, model: str | None = None, 
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             server.server_close()
             manager.stop()
             print("fewstep serve: stopped", flush=True)

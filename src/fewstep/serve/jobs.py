@@ -182,7 +182,10 @@ class JobManager:
 
     def _work(self) -> None:
         if self._preload:
-            self._load(self._preload, {})
+            try:
+                self._load(self._preload, {})
+            except FewstepError as e:  # reported again, on the page, by the first job that needs it
+                print(f"warning: {e}", flush=True)
         while True:
             with self._cv:
                 while not self.queue and not self._stop:
