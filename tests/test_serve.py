@@ -223,7 +223,7 @@ def test_api_keeps_16bit_and_alpha_and_takes_no_paths(server, tmp_path):
 
     import cv2
 
-    url, proc = server
+    url, _ = server
     rng = np.random.default_rng(3)
     src = tmp_path / "deep.png"
     bgra = rng.integers(0, 65536, (24, 20, 4), dtype=np.uint16)
@@ -253,11 +253,12 @@ def test_api_keeps_16bit_and_alpha_and_takes_no_paths(server, tmp_path):
 
 
 def _wait(driver, cond, timeout=90, what="condition"):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: cond(d))
-    except Exception:
+    except TimeoutException:
         msg = driver.find_element("id", "message").text
         raise AssertionError(f"timed out waiting for {what}; page message: {msg!r}") from None
 

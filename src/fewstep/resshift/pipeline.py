@@ -23,8 +23,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..progress import tick as progress_tick
 from ..errors import FewstepError
+from ..progress import tick as progress_tick
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
 from .chain import ResShiftChain

@@ -50,7 +50,7 @@ class Handler(BaseHTTPRequestHandler):
     app: App  # set on the subclass made by make_server
 
     # quiet access log: one line per API call that changes something
-    def log_message(self, fmt, *args):  # noqa: D401
+    def log_message(self, fmt, *args):
         if self.command == "POST":
             super().log_message(fmt, *args)
 
@@ -90,13 +90,13 @@ class Handler(BaseHTTPRequestHandler):
 
     # -------------------------------------------------------------------------------- routing
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:

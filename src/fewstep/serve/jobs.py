@@ -218,7 +218,7 @@ class JobManager:
             return self.cache.get(name, options)
         except FewstepError:
             raise
-        except Exception as e:  # a model that fails to build is reported, the server keeps running
+        except Exception as e:  # noqa: BLE001 - a model that fails to build is reported, the server keeps running
             raise FewstepError(f"model {name} could not be loaded ({e.__class__.__name__}: "
                                f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
         finally:
