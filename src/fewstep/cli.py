@@ -27,6 +27,7 @@ _COMMANDS: dict[str, str] = {
     "train": "fewstep.commands.train:train_command",
     "eval": "fewstep.evaluate:eval_command",
     "make-testset": "fewstep.degrade.testset:make_testset_command",
+    "serve": "fewstep.commands.serve:serve_command",
 }
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .progress import tick as progress_tick
+
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     if length <= tile:
@@ -133,6 +135,7 @@ def run_tiled(x: torch.Tensor, fn, *, scale: int, tile: int | None, overlap: int
     blender = TileBlender(b, out_channels or c, h * scale, w * scale, mode=blend, ramp=plan.overlap * scale,
                           device=x.device)
     step = max(1, int(tile_batch))
+    progress_tick("tile", 0, len(tiles))  # the web page's progress bar and cancel button
     with tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False, disable=not progress or len(tiles) == 1) as bar:
         for i in range(0, len(tiles), step):
             group = tiles[i:i + step]
@@ -141,4 +144,5 @@ def run_tiled(x: torch.Tensor, fn, *, scale: int, tile: int | None, overlap: int
             for j, t in enumerate(group):
                 blender.add(out[j * b:(j + 1) * b], *t.slices(scale))
             bar.update(len(group))
+            progress_tick("tile", i + len(group), len(tiles))
     return blender.result()

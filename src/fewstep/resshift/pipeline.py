@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FewstepError
+from ..progress import tick as progress_tick
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
 from .chain import ResShiftChain
@@ -125,6 +126,7 @@ class ResShiftPipeline:
             z = self.chain.step(z, x0, tt, noise[k + 1].to(z))
             if callback is not None:
                 callback(k, t, z, x0)
+            progress_tick("step", k + 1, self.chain.steps)
         with self._autocast(dtype):
             out = self.vq.decode(z / self.latent_scale_factor).float()
         return out[..., : h * self.scale, : w * self.scale]

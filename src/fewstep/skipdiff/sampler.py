@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import FewstepError
+from ..progress import tick as progress_tick
 
 MODES = ("reset", "hold", "jump")
 DENOISE, SKIP = 0, 1
@@ -131,6 +132,7 @@ class SkipDiffSampler:
         for t_from, t_to in zip(self.coarse_idx[:-1], self.coarse_idx[1:]):
             x0 = ch.predict_x0(model, x, cond, t_from)
             x = ch.transition(x, x0, t_from, t_to, keyed_noise(shape, seeds, f"coarse/{t_to}", lr.device))
+            progress_tick("step", self.coarse_idx.index(t_to), self.coarse_nfe + self.num_fine)
         if x0 is None:  # no coarse step: the FSR starts from the prior
             x0 = torch.zeros_like(x)
         return CoarseResult(x, x0, cond, lr, seeds, self.fine_idx[0], self.coarse_nfe)
@@ -173,6 +175,7 @@ class SkipDiffSampler:
             if len(s) and self.mode == "reset":
                 x[s] = cr.x[s]
                 cur[s] = cr.level
+            progress_tick("step", self.coarse_nfe + k + 1, self.coarse_nfe + F)
         image = ch.to_image(model, x, cr.cond)
         return FineResult(x, image, nfe, actions, states)
 
