@@ -497,7 +497,7 @@ def test_list_images_mixed_case_nested_hidden_and_duplicates(tmp_path):
 
     flat = list_images([root], recursive=False)
     assert [f.name for f, _ in flat] == ["B.PNG", "a.JpG", "z.bmp"]
-    assert set(IMAGE_EXTENSIONS) == {"png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"}
+    assert set(IMAGE_EXTENSIONS) == {"png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff", "ppm", "pgm"}
 
     with pytest.raises(FewstepError, match="missing_dir"):
         list_images([root, tmp_path / "missing_dir"])
