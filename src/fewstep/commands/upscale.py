@@ -86,7 +86,7 @@ def upscale_command(
     suffix: str = typer.Option("", "--suffix", help="Appended to output names: NAME_SUFFIX.EXT."),
     ext: str = typer.Option("png", "--ext", help="Output format: png, jpg, webp, tif, bmp, or auto (same as input)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (default: skip them, i.e. resume)."),
-    log: Optional[Path] = typer.Option(None, "--log", help="Append one JSON line per image (input, output, status, seconds, seed, model)."),
+    log: Optional[Path] = typer.Option(None, "--log", "--log-jsonl", help="Append one JSON line per image (input, output, status, seconds, seed, model). Under torchrun write --log-jsonl (torchrun takes --log for its own --log-dir)."),
     debug: bool = typer.Option(False, "--debug", help="Print full tracebacks of unexpected errors."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
 ) -> None:
