@@ -139,14 +139,21 @@ def _to_unit_tensor(image, value_range):
         hint = " (0..255 data? divide by 255 or pass value_range=(0, 255))" if np.issubdtype(dtype, np.floating) and vmax > 1 else ""
         raise FewstepError(f"image values {vmin:g}..{vmax:g} are outside the range {lo:g}..{hi:g} of a {dtype} "
                            f"image{hint}")
-    x = torch.from_numpy(((f - lo) / (hi - lo)).astype(np.float32)).permute(2, 0, 1)[None].contiguous()
+    if lo == 0:  # float32 v / hi, exactly as fewstep.imageio reads files: API and CLI give the same bytes
+        unit = arr.astype(np.float32) / np.float32(hi)
+    else:
+        unit = ((f - lo) / (hi - lo)).astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(unit)).permute(2, 0, 1)[None].contiguous()
 
     def back(y):
-        out = y[0].permute(1, 2, 0).cpu().double().numpy() * (hi - lo) + lo
+        y = y[0].permute(1, 2, 0).cpu().float().numpy()
         if np.issubdtype(dtype, np.integer):
-            out = np.clip(np.round(out), lo, hi).astype(dtype)
+            # float32 scale-and-round, as fewstep.imageio writes files
+            out = np.clip(np.round(y * np.float32(hi - lo) + np.float32(lo)), lo, hi).astype(dtype)
+        elif lo == 0 and hi == 1:
+            out = y.astype(dtype)
         else:
-            out = out.astype(dtype)
+            out = (y.astype(np.float64) * (hi - lo) + lo).astype(dtype)
         if kind == "torch":
             tt = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
             tt = tt.to(device=device, dtype=tdtype)

@@ -101,6 +101,9 @@ def upscale_command(
     rank, world, local_rank = rank_info()
     opts = validate_options(tile=tile, tile_overlap=tile_overlap, steps=steps, blend=blend, device=device,
                             dtype=dtype, local_rank=local_rank, world=world)
+    if mask is not None and not mask.exists():
+        raise FewstepError(f"--mask {mask}: no such file or folder")
+    _check_model_name(model)
     plan = plan_batch(inputs, output, suffix=suffix, ext=ext)
     jobs = plan.share(rank, world)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
@@ -139,6 +142,19 @@ def upscale_command(
           file=sys.stderr)
     if progress.failed:
         raise typer.Exit(code=1)
+
+
+def _check_model_name(model: str) -> None:
+    """An unknown --model is an error even when every output exists (and nothing is loaded)."""
+    from ..errors import FewstepError
+    from ..upscaler import available
+
+    if (Path(model) / "fewstep_model.json").is_file():
+        return
+    names = available()
+    if model not in names:
+        hint = " (a folder, but without fewstep_model.json)" if Path(model).is_dir() else ""
+        raise FewstepError(f"unknown model {model!r}{hint}; available: {', '.join(sorted(names))}")
 
 
 class _sigterm_as_interrupt:
