@@ -99,28 +99,29 @@ def upscale_command(
     from ..errors import FewstepError
 
     rank, world, local_rank = rank_info()
-    opts = validate_options(tile=tile, tile_overlap=tile_overlap, steps=steps, blend=blend, device=device,
-                            dtype=dtype, local_rank=local_rank, world=world)
-    if mask is not None and not mask.exists():
-        raise FewstepError(f"--mask {mask}: no such file or folder")
-    _check_model_name(model)
-    plan = plan_batch(inputs, output, suffix=suffix, ext=ext)
-    jobs = plan.share(rank, world)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
-    clean_stale_temp(jobs)  # left by a killed run (only this rank's outputs)
-    pending = sum(1 for j in jobs if overwrite or not j.dst.is_file())
-    journal = JsonLog(log)
-    progress = Progress(total=len(jobs))
+    progress = Progress()
+    journal = None
     try:
         with _sigterm_as_interrupt():
             try:
-                if pending:
+                opts = validate_options(tile=tile, tile_overlap=tile_overlap, steps=steps, blend=blend, device=device,
+                                        dtype=dtype, local_rank=local_rank, world=world)
+                if mask is not None and not mask.exists():
+                    raise FewstepError(f"--mask {mask}: no such file or folder")
+                _check_model_name(model)
+                plan = plan_batch(inputs, output, suffix=suffix, ext=ext)
+                jobs = plan.share(rank, world)
+                progress.total = len(jobs)
+                clean_stale_temp(jobs)  # left by a killed run (only this rank's outputs)
+                pending = sum(1 for j in jobs if overwrite or not j.dst.is_file())
+                journal = JsonLog(log)
+                process = None
+                if pending:  # the model is loaded (and checked) before the first image
                     up = _load_model(model, weights, opts["device"], dtype, opts["tile"], tile_overlap, blend, steps,
                                      opt, quiet)
                     _check_model_tiling(up, tile, tile_overlap)
                     process = _processor(up, mask, seed, overwrite, quiet)
-                else:
-                    process = None
                 run_jobs(process, jobs, overwrite=overwrite, progress=progress, log=journal, debug=debug,
                          record={"seed": seed, "model": model, "rank": rank}, quiet=quiet)
             except KeyboardInterrupt:
@@ -133,7 +134,8 @@ def upscale_command(
                 print("error: " + report_internal(e, "upscale", debug=debug, log_path=[]), file=sys.stderr)
                 raise typer.Exit(code=3) from None
     finally:
-        journal.close()
+        if journal is not None:
+            journal.close()
     parts = [f"{progress.written} written"]
     if progress.skipped:
         parts.append(f"{progress.skipped} skipped (output exists; --overwrite redoes them)")
