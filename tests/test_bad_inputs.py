@@ -754,3 +754,19 @@ def tiny_model(root: Path) -> Path:
     }
     (d / "fewstep_model.json").write_text(json.dumps(card))
     return d
+
+
+def test_each_rank_gets_its_own_gpu(monkeypatch):
+    """cuda:LOCAL_RANK (mod the GPU count) under a launcher; a CUDA index that does not exist is one line.
+    The CUDA runtime is simulated: this checks the mapping, not a GPU."""
+    from fewstep.distributed import resolve_device
+
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", 1, 2) == "cuda:1"
+    assert resolve_device("cuda", 3, 4) == "cuda:1"
+    assert resolve_device("cuda", 0, 1) == "cuda:0"
+    assert resolve_device("cuda:1", 0, 2) == "cuda:1"  # an explicit index is kept
+    with pytest.raises(FewstepError, match=r"--device cuda:5: only 2 CUDA device\(s\) visible"):
+        resolve_device("cuda:5")
