@@ -188,7 +188,7 @@ def _check_model_tiling(up, tile, tile_overlap) -> None:
 
     t, o = getattr(up, "tile", None), getattr(up, "overlap", None)
     if isinstance(t, int) and t > 0 and isinstance(o, int) and o >= t:
-        which = "--tile-overlap" if tile_overlap is not None else f"the model's default overlap"
+        which = "--tile-overlap" if tile_overlap is not None else "the model's default overlap"
         raise FewstepError(f"--tile {t}: {which} {o} must be smaller than the tile; pass a smaller --tile-overlap")
 
 
