@@ -497,7 +497,7 @@ def test_list_images_mixed_case_nested_hidden_and_duplicates(tmp_path):
 
     flat = list_images([root], recursive=False)
     assert [f.name for f, _ in flat] == ["B.PNG", "a.JpG", "z.bmp"]
-    assert set(IMAGE_EXTENSIONS) == {"png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"}
+    assert set(IMAGE_EXTENSIONS) == {"png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff", "ppm", "pgm"}
 
     with pytest.raises(FewstepError, match="missing_dir"):
         list_images([root, tmp_path / "missing_dir"])
@@ -533,3 +533,19 @@ def test_loaded_image_dataclass_fields(tmp_path):
     assert (img.height, img.width, img.bit_depth, img.mode) == (5, 6, 8, "RGB")
     assert img.rgb.flags.c_contiguous and 0.0 <= img.rgb.min() and img.rgb.max() <= 1.0
     assert os.path.exists(img.path)
+
+
+def test_one_lister_for_the_project_and_excluded_output_folders(tmp_path):
+    from fewstep import datasets, evaluate
+    from fewstep.imageio import list_folder
+
+    root = tmp_path / "photos"
+    (root / "out").mkdir(parents=True)
+    for name in ("b.PNG", "a.jpeg", "c.ppm", "out/a.png", ".hidden.png", "notes.txt"):
+        (root / name).write_bytes(b"x")
+    found = [f.relative_to(root).as_posix() for f, _ in list_images([root], exclude=[root / "out"])]
+    assert found == ["a.jpeg", "b.PNG", "c.ppm"]
+    flat = [p.name for p in list_folder(root)]
+    assert flat == ["a.jpeg", "b.PNG", "c.ppm"]
+    assert [p.name for p in datasets.list_images(root)] == flat == [p.name for p in evaluate.list_images(root)]
+    assert set(evaluate.IMAGE_EXTS) == {"." + e for e in IMAGE_EXTENSIONS}

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from fewstep.errors import WeightsNotFoundError
+from fewstep.errors import FewstepError, WeightsNotFoundError
 from fewstep.weights import WeightFile, cache_dir, resolve
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -56,6 +56,9 @@ def test_local_folder_then_cache_then_download(tmp_path, server):
     local = tmp_path / "mine"
     local.mkdir()
     (local / "good.pth").write_bytes(b"user copy")
+    with pytest.raises(FewstepError, match=r"good\.pth: sha256 mismatch"):  # a known hash is checked
+        resolve(wf, local)
+    (local / "good.pth").write_bytes(PAYLOAD)
     assert resolve(wf, local) == local / "good.pth"  # an explicit folder wins
     got = resolve(wf, quiet=True)  # not cached yet: downloaded
     assert got == cache_dir() / "good.pth" and got.read_bytes() == PAYLOAD

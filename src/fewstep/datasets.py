@@ -21,15 +21,11 @@ from torch.utils.data import Dataset
 
 from .errors import FewstepError, ImageReadError
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-
-
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in `folder` (case-insensitive extensions), sorted by name."""
-    d = Path(folder)
-    if not d.is_dir():
-        raise FewstepError(f"{d}: not a directory")
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    """Image files directly in `folder`, sorted by name (the project's one lister: fewstep.imageio)."""
+    from .imageio import list_folder
+
+    return list_folder(folder)
 
 
 def _read_rgb(path: Path) -> np.ndarray:

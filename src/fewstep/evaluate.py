@@ -30,7 +30,13 @@ import typer
 
 from .errors import FewstepError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")  # = imageio.IMAGE_EXTENSIONS
+
+
+def list_images(folder: Path) -> list[Path]:
+    from .imageio import list_folder  # the project's one image lister (imported late: numpy)
+
+    return list_folder(folder)
 BASE_COLUMNS = ["model", "dataset", "image", "seed", "nfe", "seconds", "lr_size"]
 
 
@@ -50,10 +56,6 @@ class Dataset:
     @property
     def prepared(self) -> bool:
         return self.lr_dir is not None
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
 def make_datasets(data_dirs: Sequence[str | Path], degradations: Sequence[str] = ()) -> list[Dataset]:

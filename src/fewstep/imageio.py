@@ -27,7 +27,10 @@ import numpy as np
 
 from .errors import FewstepError, ImageReadError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff")
+# The one list of file extensions that fewstep treats as images when it scans a folder (upscale,
+# eval, datasets, make-testset all go through `list_images` / `list_folder`). Every one of them is
+# readable by `read_image`; WRITE_EXTENSIONS are the ones `write_image` can produce.
+IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff", "ppm", "pgm")
 
 # Formats Pillow may try when opening. Deliberately excludes formats whose decoders run external
 # programs or are rarely images (EPS -> Ghostscript, WMF, FITS, ...): inputs may be untrusted.
@@ -38,6 +41,7 @@ _READ_FORMATS = (
 
 _WRITE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP", "webp": "WEBP",
                   "tif": "TIFF", "tiff": "TIFF"}
+WRITE_EXTENSIONS: tuple[str, ...] = tuple(_WRITE_FORMATS)
 
 _ORIENTATION_TAG = 0x0112
 
@@ -468,7 +472,7 @@ def write_image(
     fmt = _WRITE_FORMATS.get(ext)
     if fmt is None:
         raise FewstepError(f"{p}: unknown image extension {p.suffix or '(none)'!r}; use one of "
-                           f"{', '.join('.' + e for e in IMAGE_EXTENSIONS)}")
+                           f"{', '.join('.' + e for e in WRITE_EXTENSIONS)}")
     if bit_depth not in (8, 16):
         raise FewstepError(f"{p}: bit_depth must be 8 or 16, got {bit_depth}")
     if p.is_dir():
@@ -555,16 +559,19 @@ def _is_image_name(name: str) -> bool:
     return "." in name and name.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> list[tuple[Path, Path]]:
+def list_images(inputs: Sequence[str | os.PathLike], recursive: bool = True, *,
+                exclude: Sequence[str | os.PathLike] = ()) -> list[tuple[Path, Path]]:
     """(file, root) pairs for the given files and folders.
 
     A file given explicitly is taken whatever its extension (root = its parent folder); a folder is
     scanned (recursively unless recursive=False) for IMAGE_EXTENSIONS in any letter case, skipping
-    hidden files and folders. Inputs keep their order; files within a folder are sorted by relative
-    path. A file reached twice is listed once (first occurrence wins).
+    hidden files and folders and any folder in `exclude` (e.g. the output folder of a batch, so a
+    rerun never reads its own results back). Inputs keep their order; files within a folder are
+    sorted by relative path. A file reached twice is listed once (first occurrence wins).
     """
     out: list[tuple[Path, Path]] = []
     seen: set[str] = set()
+    skip = {os.path.realpath(e) for e in exclude}
 
     def add(file: Path, root: Path) -> None:
         key = os.path.realpath(file)
@@ -576,7 +583,7 @@ def list_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
         src = Path(item)
         if src.is_dir():
             found: list[tuple[str, ...]] = []
-            visited: set[str] = set()
+            visited: set[str] = set(skip)
             # Symlinked sub-folders are followed (datasets are often assembled from links);
             # `visited` stops link cycles.
             for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
@@ -598,6 +605,15 @@ def list_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
         else:
             raise FewstepError(f"{src}: no such file or folder")
     return out
+
+
+def list_folder(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files in one folder (not its sub-folders unless recursive), sorted: the form
+    datasets, `fewstep eval` and `make-testset` use."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise FewstepError(f"{d}: not a folder")
+    return [f for f, _ in list_images([d], recursive=recursive)]
 
 
 def output_path(file: Path, root: Path, out_dir: Path, *, suffix: str = "",

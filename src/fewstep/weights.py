@@ -60,6 +60,8 @@ def resolve(wf: WeightFile, weights_dir: str | Path | None = None, *, download: 
     """Return a local path to `wf`, downloading it into the cache if allowed and possible."""
     found = find_local(wf, weights_dir)
     if found is not None:
+        if wf.sha256:  # a known release hash: a corrupt or wrong local file is named, not loaded
+            verify_sha256(found, wf.sha256)
         return found
     target_dir = Path(weights_dir) if weights_dir else cache_dir()
     reason = "no URL is known for it"
@@ -96,3 +98,54 @@ def download_file(wf: WeightFile, folder: Path, *, quiet: bool = False, timeout:
         raise OSError(f"checksum mismatch for {wf.filename}")
     shutil.move(part, final)
     return final
+
+
+# ------------------------------------------------------------------------------ integrity
+# Hashes already verified, keyed by real path with the file's size and mtime: a 100 MB-1 GB weight
+# file is hashed once, not on every run. A changed size or mtime means hashing again. (This guards
+# against corruption and swapped files, not against someone forging both content and mtime.)
+
+
+def _verified_cache() -> Path:
+    return fewstep_home() / "verified_sha256.json"
+
+
+def verify_sha256(path: str | Path, expected: str) -> None:
+    """Raise FewstepError("PATH: sha256 mismatch ...") unless the file's sha256 is `expected`."""
+    import json
+
+    from .errors import FewstepError
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise FewstepError(f"{p}: cannot read weight file ({e.strerror or e})") from None
+    key, expected = os.path.realpath(p), expected.strip().lower()
+    cache_file = _verified_cache()
+    try:
+        cache = json.loads(cache_file.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key)
+    if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns \
+            and hit.get("sha256") == expected:
+        return
+    digest = hashlib.sha256()
+    with open(p, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != expected:
+        raise FewstepError(f"{p}: sha256 mismatch (expected {expected[:16]}..., file has {actual[:16]}...): "
+                           "the file is corrupt or not the released one; restore or download it again")
+    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": actual}
+    try:  # the cache is an optimisation: a read-only home just means hashing again next time
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass

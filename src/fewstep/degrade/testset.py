@@ -37,32 +37,49 @@ def make_testset(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """Library form of the command; returns the testset.json record."""
+    """Library form of the command; returns the testset.json record.
+
+    Everything is written into a temporary sibling folder (``.OUT.tmp-XXXX``) that is renamed to
+    OUT only at the end, so an interrupted run never leaves a half set that blocks the rerun (the
+    next run removes such leftovers). An HR file that cannot be read, or is smaller than the scale,
+    is skipped and reported (stderr, and ``skipped`` in testset.json); the per-image seeds do not
+    depend on which files were skipped."""
     import dataclasses
     import json
+    import shutil
+    import sys
+    import uuid
 
     import numpy as np
     from PIL import Image
     from tqdm import tqdm
 
-    from ..datasets import list_images
-    from ..imageio import read_rgb8
     from ..errors import FewstepError
+    from ..imageio import list_folder, read_rgb8
     from .pipeline import degrade, get_preset
     from .presets import FacePreset
 
     p = get_preset(preset)
     sf = 1 if isinstance(p, FacePreset) else int(scale)
     out = Path(out)
-    files = list_images(hr_dir)
+    files = list_folder(hr_dir)
     if not files:
         raise FewstepError(f"{hr_dir}: no images (png/jpg/jpeg/bmp/webp/tif)")
     if crop is not None and (crop < 1 or crop % sf):
         raise FewstepError(f"--crop {crop} must be a positive multiple of --scale {sf}")
+    if out.exists() and not out.is_dir():
+        raise FewstepError(f"{out}: is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FewstepError(f"{out}: output folder is not empty; pass --overwrite to replace it")
-    (out / "hr").mkdir(parents=True, exist_ok=True)
-    (out / "lr").mkdir(parents=True, exist_ok=True)
+    parent = out.resolve().parent
+    for stale in parent.glob(f".{out.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "hr").mkdir(parents=True)
+        (tmp / "lr").mkdir()
+    except OSError as e:
+        raise FewstepError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     seeds = np.random.SeedSequence(int(seed)).generate_state(len(files), dtype=np.uint64) >> 2
     record = {
         "preset": p.name,
@@ -72,25 +89,44 @@ def make_testset(
         "crop": crop,
         "source": str(Path(hr_dir).resolve()),
         "images": [],
+        "skipped": [],
     }
-    for f, s in zip(tqdm(files, desc="make-testset", unit="img", disable=quiet), seeds):
-        hr = read_rgb8(f)
-        if crop is not None:
-            hr = _centre_crop(hr, int(crop))
+    try:
+        for f, s in zip(tqdm(files, desc="make-testset", unit="img", disable=quiet), seeds):
+            try:
+                hr = read_rgb8(f)
+                if crop is not None:
+                    hr = _centre_crop(hr, int(crop))
+                else:
+                    h, w = hr.shape[:2]
+                    hr = hr[: h - h % sf, : w - w % sf]
+                if min(hr.shape[:2]) < sf:
+                    raise FewstepError(f"{f}: image is smaller than the scale {sf}")
+            except FewstepError as e:
+                print(f"skipped: {e}", file=sys.stderr)
+                record["skipped"].append({"source": f.name, "reason": str(e)})
+                continue
+            log: dict = {}
+            lr = degrade(np.ascontiguousarray(hr), p, sf, int(s), log)
+            name = f.stem + ".png"
+            Image.fromarray(hr).save(tmp / "hr" / name)
+            Image.fromarray(lr).save(tmp / "lr" / name)
+            record["images"].append(
+                {"name": name, "source": f.name, "seed": int(s), "hr_size": list(hr.shape[:2]), "lr_size": list(lr.shape[:2]), "draws": log}
+            )
+        if not record["images"]:
+            raise FewstepError(f"{hr_dir}: none of the {len(files)} images could be used (see the skipped lines)")
+        (tmp / "testset.json").write_text(json.dumps(record, indent=1))
+        if out.exists():  # replace (empty, or --overwrite): move the old one aside first
+            old = parent / f".{out.name}.tmp-old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
         else:
-            h, w = hr.shape[:2]
-            hr = hr[: h - h % sf, : w - w % sf]
-        if min(hr.shape[:2]) < sf:
-            raise FewstepError(f"{f}: image is smaller than the scale {sf}")
-        log: dict = {}
-        lr = degrade(np.ascontiguousarray(hr), p, sf, int(s), log)
-        name = f.stem + ".png"
-        Image.fromarray(hr).save(out / "hr" / name)
-        Image.fromarray(lr).save(out / "lr" / name)
-        record["images"].append(
-            {"name": name, "source": f.name, "seed": int(s), "hr_size": list(hr.shape[:2]), "lr_size": list(lr.shape[:2]), "draws": log}
-        )
-    (out / "testset.json").write_text(json.dumps(record, indent=1))
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return record
 
 
@@ -101,10 +137,22 @@ def make_testset_command(
     scale: int = typer.Option(4, "--scale", help="Downscaling factor (ignored by faceir)."),
     seed: int = typer.Option(0, "--seed", help="Master seed; per-image seeds are derived from it."),
     crop: int | None = typer.Option(None, "--crop", help="Shorter side to CROP then centre crop CROPxCROP."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Make a fixed-seed LR/HR test set with a degradation preset."""
-    rec = make_testset(hr_dir, out, preset, scale, seed, crop, overwrite, quiet)
-    if not quiet:
-        typer.echo(f"wrote {len(rec['images'])} pairs to {out}")
+    """Make a fixed-seed LR/HR test set with a degradation preset.
+
+    Exit status: 0 all images used, 1 some HR files were skipped (listed on stderr and in
+    testset.json), 2 nothing written."""
+    import sys
+
+    try:
+        rec = make_testset(hr_dir, out, preset, scale, seed, crop, overwrite, quiet)
+    except KeyboardInterrupt:
+        print("interrupted: nothing written (the output folder is only created at the end)", file=sys.stderr)
+        raise typer.Exit(code=130) from None
+    skipped = len(rec["skipped"])
+    print(f"wrote {len(rec['images'])} pairs to {out}" + (f"; skipped {skipped} bad file(s)" if skipped else ""),
+          file=sys.stderr)
+    if skipped:
+        raise typer.Exit(code=1)

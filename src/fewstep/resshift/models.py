@@ -103,6 +103,11 @@ def load_folder(folder, weights=None, device="cpu", dtype="fp32", tile: int | No
     missing = [k for k in ("unet", "vq", "chain", "scale", "unet_file", "vq_file") if k not in card]
     if missing:
         raise FewstepError(f"{card_path}: missing field(s) {', '.join(missing)}")
+    from ..weights import verify_sha256
+
+    for fname, digest in (card.get("sha256") or {}).items():  # recorded at export: checked on load
+        if (folder / fname).is_file():
+            verify_sha256(folder / fname, digest)
     unet = load_unet(folder / card["unet_file"], card["unet"])
     vq = load_vq(folder / card["vq_file"], card["vq"])
     return build_upscaler(unet, vq, card["chain"], scale=card["scale"], name=name or card.get("name", folder.name),
