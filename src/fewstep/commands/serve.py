@@ -22,14 +22,13 @@ def serve_command(
     """Start a local web page to restore images (Ctrl-C stops it)."""
     from ..errors import FewstepError
     from ..serve import run
-    from .upscale import _resolve_device
+    from .upscale import validate_options
 
-    if dtype not in ("fp32", "bf16", "fp16"):
-        raise FewstepError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
+    device = validate_options(tile=None, tile_overlap=None, steps=None, blend=None, device=device, dtype=dtype)["device"]
     for flag, v in (("--max-upload-bytes", max_upload_bytes), ("--max-pixels", max_pixels), ("--max-files", max_files)):
         if v <= 0:
             raise FewstepError(f"{flag} must be positive, got {v}")
     if not 0 <= port <= 65535:
         raise FewstepError(f"--port must be in 0..65535, got {port}")
-    run(host=host, port=port, model=model, weights=weights, device=_resolve_device(device), dtype=dtype,
+    run(host=host, port=port, model=model, weights=weights, device=device, dtype=dtype,
         max_bytes=max_upload_bytes, max_pixels=max_pixels, max_files=max_files)

@@ -4,7 +4,7 @@ Uploaded bytes are stored under the server's private temporary folder with names
 chooses (the client's file name is kept only as a display/download name, never as a path), and
 validated at once with `fewstep.imageio.read_image` under the configured pixel limit (which also
 rejects decompression bombs from the header, before any pixel is decoded). Results are written by
-the CLI's own per-file routine (`fewstep.commands.upscale._run`: read, restore, keep alpha and
+the CLI's own per-image routine (`fewstep.commands.upscale._processor`: read, restore, keep alpha and
 16-bit, `write_image`), so the page's PNG has the same bytes as `fewstep upscale`'s.
 """
 
@@ -225,7 +225,8 @@ class JobManager:
             self.model_status = ""
 
     def _run(self, job: Job) -> None:
-        from ..commands.upscale import _run as restore_files  # the CLI's per-file routine
+        from ..batch import Job as BatchJob
+        from ..commands.upscale import _processor  # the CLI's per-image routine: same bytes as the CLI
 
         t_start = time.perf_counter()
         job.label = f"loading model {job.model}"
@@ -252,20 +253,22 @@ class JobManager:
 
             job.reporter.callback = on_progress
             job.label = f"{u.name}: restoring"
-            failures: list = []
+            error = None
             t0 = time.perf_counter()
             with progress.reporting(job.reporter):
-                done = restore_files(up, [(u.path, dst)], None, job.seed, True, True, failures)
+                try:
+                    _processor(up, None, job.seed, True, True)(BatchJob(i, u.path, dst))
+                except FewstepError as e:
+                    error = str(e)
             secs = time.perf_counter() - t0
-            if done:
+            if error is None:
                 from PIL import Image
 
                 with Image.open(dst) as im:
                     w, h = im.size
                 job.results.append(Result(name, dst, w, h, secs))
             else:
-                msg = failures[0][1] if failures else "failed"
-                job.results.append(Result(name, dst, 0, 0, secs, msg.replace(str(u.path), u.name)))
+                job.results.append(Result(name, dst, 0, 0, secs, error.replace(str(u.path), u.name)))
             job.fraction = (i + 1) / n
         job.seconds = time.perf_counter() - t_start
         errors = [r for r in job.results if r.error]
