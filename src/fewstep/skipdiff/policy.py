@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FewstepError
-from .sampler import DENOISE, SKIP
+
+# The action vocabulary shared with the sampler (which imports it from here, so the two modules
+# do not import each other).
+DENOISE, SKIP = 0, 1
 
 
 class FixedPolicy:

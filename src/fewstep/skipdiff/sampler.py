@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ..errors import FewstepError
+from .policy import DENOISE, SKIP, FixedPolicy
 
 MODES = ("reset", "hold", "jump")
-DENOISE, SKIP = 0, 1
 
 
 def keyed_noise(shape: Sequence[int], seeds: Sequence[int], key: str, device="cpu", dtype=torch.float32):
@@ -181,8 +181,6 @@ class SkipDiffSampler:
     def __call__(self, model, lr: torch.Tensor, policy=None, seed=0, *, hr: torch.Tensor | None = None,
                  return_info: bool = False):
         """Returns (image (B,3,H,W) in [0,1], nfe (B,)); with return_info also the FineResult/choices."""
-        from .policy import FixedPolicy
-
         policy = policy if policy is not None else FixedPolicy(self.num_fine)
         cr = self.coarse(model, lr, seed)
         if getattr(policy, "needs_enumeration", False):
@@ -203,8 +201,6 @@ class SkipDiffSampler:
         Returns {"images": (F,B,3,H,W) in [0,1], "states": [m-1][i] = x after i denoise steps of the
         m-completion (when record), "coarse": cr}. With reset/hold these are all reachable outputs.
         """
-        from .policy import FixedPolicy
-
         images, states = [], []
         for m in range(1, self.num_fine + 1):
             res = self.fine(model, cr, FixedPolicy(m), record=record)
