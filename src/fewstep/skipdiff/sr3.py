@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, FewstepError, WeightsNotFoundError
+from ..errors import CheckpointError, FewstepError
 from ..upscaler import Upscaler
 
 
@@ -149,24 +149,12 @@ def save_sr3(model: SR3UNet, path: str | Path) -> None:
 def load_sr3(path: str | Path) -> SR3UNet:
     import json
 
-    from safetensors import safe_open
+    from ..checkpoint import load_state_dict, read_safetensors
 
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsNotFoundError(f"weights not found: put {p.name} in {p.parent}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+    sd, meta = read_safetensors(path)
     if "sr3_config" not in meta:
-        raise CheckpointError(f"{p}: no sr3_config metadata (not an SR3 weight file from fewstep)")
-    model = SR3UNet(**json.loads(meta["sr3_config"]))
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise CheckpointError(f"{p}: weights do not match the SR3 config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: no sr3_config metadata (not an SR3 weight file from fewstep)")
+    model = load_state_dict(SR3UNet(**json.loads(meta["sr3_config"])), sd, str(path))
     return model.eval()
 
 
