@@ -116,12 +116,11 @@ class ResShiftPipeline:
         with self._autocast(dtype):
             up = F.interpolate(lq, scale_factor=self.scale, mode="bicubic") if self.scale != 1 else lq
             z_y = self.vq.encode(up).float() * self.latent_scale_factor
+        denoise = self.chain.denoiser(self.unet, z_y, lq, mask_in, autocast=lambda: self._autocast(dtype))
         z = self.chain.prior_sample(z_y, noise[0].to(z_y))
         for k, t in enumerate(reversed(range(self.chain.steps))):
             tt = torch.full((b,), t, dtype=torch.long, device=self.device)
-            with self._autocast(dtype):
-                out = self.unet(self.chain.scale_input(z, tt), self.chain.model_timesteps(tt), lq=lq, mask=mask_in)
-            x0 = self.chain.x0_from_output(out.float(), z_y)
+            x0 = denoise(z, tt)
             z = self.chain.step(z, x0, tt, noise[k + 1].to(z))
             if callback is not None:
                 callback(k, t, z, x0)
