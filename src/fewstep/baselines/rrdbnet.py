@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import FewstepError, WeightsNotFoundError
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
+from ..utils.dtypes import torch_dtype
 
 SAFETENSORS_NAME = "RealESRGAN_x4plus.safetensors"
 PTH_NAME = "RealESRGAN_x4plus.pth"
@@ -176,7 +177,6 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
 # ---------------------------------------------------------------------------------------------
 # Upscaler
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class RealESRGANUpscaler(Upscaler):
@@ -188,11 +188,9 @@ class RealESRGANUpscaler(Upscaler):
     def __init__(self, net: RRDBNet, *, name: str = "realesrgan-x4plus", device: str = "cpu",
                  dtype: str = "fp32", tile: int = 256, overlap: int = 16, blend: str = "gaussian",
                  quiet: bool = True) -> None:
-        if dtype not in _DTYPES:
-            raise FewstepError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.name = name
         self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype]
+        self.dtype = torch_dtype(dtype)
         self.net = net.eval().to(device=self.device, dtype=self.dtype)
         self.tile = int(tile)
         self.overlap, self.blend = int(overlap), blend

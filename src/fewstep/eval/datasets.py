@@ -3,12 +3,12 @@ per image from (seed, file name)), or a prepared test set with `lr/` and `hr/` s
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import FewstepError
+from ..utils.seeding import seed_from
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -71,8 +71,7 @@ def _as_dataset(spec: Dataset | str | Path | tuple) -> list[Dataset]:
 
 def image_seed(seed: int, image_name: str) -> int:
     """Per-image seed from (run seed, file name): stable across runs, machines and image order."""
-    digest = hashlib.sha256(f"{int(seed)}/{image_name}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    return seed_from(f"{int(seed)}/{image_name}", bits=31, algorithm="sha256")  # 31 bits: fits any int32 API
 
 
 def _find_hr(hr_dir: Path | None, lr_path: Path) -> Path | None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import FewstepError
 from ..training.config import require, section
+from ..utils.dtypes import torch_dtype
 from ..training.engine import TrainTask, export_safetensors, run_training
 from .train import image_metrics, load_lpips
 
@@ -205,7 +206,7 @@ class AutoencoderTask(TrainTask):
 
     def export(self, ctx, models):
         ex = section(self.cfg, "export")
-        dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[ex.get("dtype", "fp32")]
+        dtype = torch_dtype(ex.get("dtype", "fp32"), what="config: export.dtype")
         folder = ctx.out_dir / "export"
         ae = models["ae"]
         # a KL model is saved by its diffusers module so the keys are the usual diffusers keys

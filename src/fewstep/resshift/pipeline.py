@@ -17,7 +17,6 @@ single tile covering the image gives exactly the untiled result.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import Sequence
 
 import torch
@@ -26,27 +25,15 @@ import torch.nn.functional as F
 from ..errors import FewstepError
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
+from ..utils.dtypes import torch_dtype
+from ..utils.padding import pad_to_multiple
+from ..utils.seeding import seed_from
 from .chain import ResShiftChain
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 
 
 def tile_seed(seed: int, top: int = 0, left: int = 0) -> int:
     """A 63-bit seed derived from (seed, tile position); stable across runs and machines."""
-    digest = hashlib.blake2b(f"fewstep:{int(seed)}:{int(top)}:{int(left)}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad bottom/right to a multiple (as upstream); replicate where reflect cannot
-    reach (upstream crashes on images smaller than the pad)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if (ph < h and pw < w) else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+    return seed_from(f"fewstep:{int(seed)}:{int(top)}:{int(left)}")
 
 
 class ResShiftPipeline:
@@ -99,13 +86,13 @@ class ResShiftPipeline:
         arithmetic always runs in float32.
         """
         if isinstance(dtype, str):
-            dtype = DTYPES[dtype]
+            dtype = torch_dtype(dtype)
         lr = lr.to(self.device, torch.float32)
         b, _, h, w = lr.shape
-        lq = pad_to_multiple(lr, self.lq_size)
+        lq, _ = pad_to_multiple(lr, self.lq_size)
         mask_in = None
         if mask is not None:
-            m = pad_to_multiple(mask.to(self.device, torch.float32), self.lq_size)
+            m, _ = pad_to_multiple(mask.to(self.device, torch.float32), self.lq_size)
             lq = torch.where(m > 0.5, torch.full_like(lq, -1.0), lq)
             mask_in = m * 2 - 1
         if noise is None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import FewstepError
 from ..training.config import require, section
+from ..utils.dtypes import torch_dtype
 from ..training.engine import TrainTask, export_safetensors, run_training
 
 
@@ -231,7 +232,7 @@ class ResShiftTask(TrainTask):
 
     def export(self, ctx, models):
         ex = section(self.cfg, "export")
-        dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[ex.get("dtype", "fp32")]
+        dtype = torch_dtype(ex.get("dtype", "fp32"), what="config: export.dtype")
         folder = ctx.out_dir / "export"
         # the shifted-window masks / index tables are rebuilt from the config; no need to ship them
         export_safetensors({"unet": models["unet"]}, folder, dtype=dtype, skip=("attn_mask", "relative_position_index"))

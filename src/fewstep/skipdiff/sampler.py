@@ -19,7 +19,6 @@ in nor on the actions of other samples, and all completions of one image share t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import FewstepError
+from ..utils.seeding import seed_from
 from .policy import DENOISE, SKIP, FixedPolicy
 
 MODES = ("reset", "hold", "jump")
@@ -36,8 +36,7 @@ def keyed_noise(shape: Sequence[int], seeds: Sequence[int], key: str, device="cp
     """Standard normal noise of `shape` (batch first); sample i depends only on (seeds[i], key)."""
     out = []
     for s in seeds:
-        h = hashlib.blake2b(f"{int(s)}/{key}".encode(), digest_size=8).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
+        g = torch.Generator().manual_seed(seed_from(f"{int(s)}/{key}"))
         out.append(torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32))
     return torch.stack(out).to(device, dtype)
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import CheckpointError, FewstepError
 from ..upscaler import Upscaler
+from ..utils.padding import pad_to_multiple
 
 
 def noise_level_embedding(level: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -111,9 +112,7 @@ class SR3UNet(nn.Module):
     def forward(self, x: torch.Tensor, sqrt_abar: torch.Tensor) -> torch.Tensor:
         mult = 2 ** self.levels
         h0, w0 = x.shape[-2:]
-        ph, pw = (-h0) % mult, (-w0) % mult
-        if ph or pw:  # any image size: reflect-pad to a multiple of the UNet's stride
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        x, _ = pad_to_multiple(x, mult)  # any image size: pad to a multiple of the UNet's stride
         e = self.mlp(noise_level_embedding(sqrt_abar.to(x.device), self.emb_dim))
         h = self.inp(x)
         hs = [h]
