@@ -45,7 +45,7 @@ def load_preset(name: str, weights=None, device="cpu", dtype="fp32", tile: int |
                           blend=blend, tile_batch=tile_batch, needs_mask=p["task"] == "inpaint", quiet=quiet, steps=steps)
 
 
-MODEL_CARD = "fewstep_model.json"
+from ..model_folder import MODEL_CARD  # noqa: E402  (the one definition of the card name)
 
 
 def small_model_dir():
