@@ -1,7 +1,8 @@
 """The model folder: what `fewstep.load(PATH)` / `fewstep upscale --model PATH` read.
 
 A folder holds `fewstep_model.json` (the configs as plain data, so the model is rebuilt without
-this repository's config files) and the weight files it names, with their sha256. Trainers write
+this repository's config files; its `type` picks the loader) and the weight files it names, with
+their sha256. Trainers write
 their export folder with `write_model_folder`; `scripts/package_fewstep_small.py` builds the
 bundled model with it too.
 """
@@ -16,6 +17,8 @@ from typing import Any, Sequence
 from .errors import FewstepError
 
 MODEL_CARD = "fewstep_model.json"
+# card "type" -> the loader of that kind of folder, by name (this module imports no model code)
+FOLDER_LOADERS = {"resshift": "fewstep.resshift.models:load_folder", "sr3": "fewstep.skipdiff.sr3:load_folder"}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -35,6 +38,32 @@ def resshift_card(*, name: str, scale: int, unet: dict, vq: dict, chain: dict, t
     if training is not None:
         card["training"] = training
     return card
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """The parsed `fewstep_model.json` of `folder` (one-line errors naming the file)."""
+    path = Path(folder) / MODEL_CARD
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FewstepError(f"{folder}: not a fewstep model folder (no {MODEL_CARD})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FewstepError(f"{path}: invalid model card ({e})") from None
+    if not isinstance(card, dict):
+        raise FewstepError(f"{path}: invalid model card (not a JSON object)")
+    return card
+
+
+def load_folder(folder: str | Path, **kwargs):
+    """Build the model of a model folder with the loader of its card's `type`."""
+    import importlib
+
+    card = read_card(folder)
+    kind = card.get("type")
+    if kind not in FOLDER_LOADERS:
+        raise FewstepError(f"{Path(folder) / MODEL_CARD}: model type {kind!r} is not one of {', '.join(FOLDER_LOADERS)}")
+    module_name, func_name = FOLDER_LOADERS[kind].split(":")
+    return getattr(importlib.import_module(module_name), func_name)(folder, **kwargs)
 
 
 def write_model_folder(folder: str | Path, card: dict[str, Any], files: Sequence[str]) -> Path:

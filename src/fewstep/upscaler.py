@@ -94,7 +94,7 @@ def load(name: str, **kwargs) -> Upscaler:
     return factory(name=name, **_accepted_options(name, factory, kwargs))
 
 
-FOLDER_LOADER = "fewstep.resshift.models:load_folder"  # builds a model folder (fewstep_model.json)
+FOLDER_LOADER = "fewstep.model_folder:load_folder"  # builds a model folder (fewstep_model.json)
 
 
 def _resolve(target: str) -> Callable:

@@ -194,6 +194,19 @@ class SR3SkipDiff(Upscaler):
         return out
 
 
+def load_folder(folder, weights=None, device: str = "cpu", dtype: str = "fp32", name: str | None = None, **kwargs):
+    """A model folder written by the SR3 trainer: `fewstep_model.json` (type "sr3", the weight file,
+    sampler options) beside the weights. Options given here override the card's."""
+    from ..model_folder import read_card
+
+    card = read_card(folder)
+    for key in ("quiet", "tile", "overlap", "blend", "tile_batch"):  # whole-image sampler: no tiling, no bar
+        kwargs.pop(key, None)
+    opts = {**card.get("options", {}), **kwargs}
+    return build(name or card.get("name", Path(folder).name), weights=Path(folder) / card.get("weights_file", DEFAULT_WEIGHTS.name),
+                 device=device, dtype=dtype, **opts)
+
+
 def build(name: str = "skipdiff-sr3", weights: str | Path | None = None, device: str = "cpu", dtype: str = "fp32",
           **kwargs) -> SR3SkipDiff:
     """Registry factory: weights=DIR containing sr3_small.safetensors (default: the shipped file)."""
