@@ -4,22 +4,22 @@
         --autoencoder runs/autoencoder_small/export --resshift runs/resshift_small/export \
         --out src/fewstep/data/models/fewstep-small
 
-Copies the EMA weights (already fp16 safetensors) and writes `fewstep_model.json`: the configs as
-plain data, so `fewstep.load(FOLDER)` rebuilds the model without this repository's configs.
+Copies the EMA weights (already fp16 safetensors) and writes `fewstep_model.json` with
+`fewstep.model_folder` (the helper the trainers' exports use): the configs as plain data, so
+`fewstep.load(FOLDER)` rebuilds the model without this repository's configs. (The ResShift trainer's
+own `export/` is already such a folder; this script names the model and takes the autoencoder
+trainer's step into the card.)
 The model card (MODEL_CARD.md) is written by hand from the training logs and `fewstep eval`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from fewstep.model_folder import resshift_card, write_model_folder
 
 
 def main() -> None:
@@ -39,23 +39,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.autoencoder / "autoencoder.safetensors", args.out / "autoencoder.safetensors")
     shutil.copyfile(args.resshift / "unet.safetensors", args.out / "unet.safetensors")
-    card = {
-        "type": "resshift",
-        "name": "fewstep-small",
-        "task": "sr",
-        "scale": rs_meta["scale"],
-        "unet": rs_meta["model"],
-        "vq": ae_meta["params"],
-        "chain": rs_meta["diffusion"],
-        "unet_file": "unet.safetensors",
-        "vq_file": "autoencoder.safetensors",
-        "tile": args.tile,
-        "overlap": args.overlap,
-        "training": {"autoencoder_step": ae_meta["step"], "resshift_step": rs_meta["step"],
-                     "ema": bool(rs_meta["ema"] and ae_meta["ema"]), "dtype": rs_meta["dtype"]},
-        "sha256": {f: sha256(args.out / f) for f in ("unet.safetensors", "autoencoder.safetensors")},
-    }
-    (args.out / "fewstep_model.json").write_text(json.dumps(card, indent=2) + "\n")
+    card = resshift_card(
+        name="fewstep-small", scale=rs_meta["scale"], unet=rs_meta["model"], vq=ae_meta["params"],
+        chain=rs_meta["diffusion"], tile=args.tile, overlap=args.overlap,
+        training={"autoencoder_step": ae_meta["step"], "resshift_step": rs_meta["step"],
+                  "ema": bool(rs_meta["ema"] and ae_meta["ema"]), "dtype": rs_meta["dtype"]})
+    write_model_folder(args.out, card, ["unet.safetensors", "autoencoder.safetensors"])
     total = sum((args.out / f).stat().st_size for f in ("unet.safetensors", "autoencoder.safetensors"))
     print(f"wrote {args.out} ({total / 2 ** 20:.1f} MiB of weights)")
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fewstep.errors import FewstepError
-from fewstep.evaluate import image_seed, make_datasets, parse_model_spec, run_eval
+from fewstep.eval import image_seed, make_datasets, parse_model_spec, run_eval
 
 PHOTOS = Path(__file__).resolve().parent / "fixtures" / "photos" / "eval"
 
@@ -192,3 +192,39 @@ def test_cli_reports_bad_image_and_exits_nonzero(hr_dir, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert len(_read_csv(out / "per_image.csv")) == 2
+
+
+def test_metric_that_cannot_run_leaves_an_empty_cell_with_a_note_and_keeps_the_row(hr_dir, tmp_path):
+    """Issue #12 item 6: NIQE needs >= 192 px; on the 48x64 test images its cell is empty, the row
+    (with its PSNR) stays, and the reason is written beside it. Not a failure: the CLI exits 0."""
+    from typer.testing import CliRunner
+
+    from fewstep.cli import app
+    from fewstep.metrics import niqe
+
+    with pytest.raises(FewstepError):  # the premise: NIQE cannot run on these images
+        niqe(np.zeros((48, 64, 3), np.uint8))
+    out = tmp_path / "small"
+    psnr = RgbPsnr()
+    res = run_eval(["bicubic"], [(hr_dir, "bicubic")], [psnr, "niqe"], out, quiet=True)
+    assert res.failures == []
+    assert len(res.notes) == 2 and all("niqe" in n for n in res.notes)
+    rows = _read_csv(out / "per_image.csv")
+    assert sorted(r["image"] for r in rows) == ["Storm.png", "flower.png"]
+    for r in rows:
+        sr, hr = _bicubic_expected(hr_dir / r["image"])
+        assert float(r["psnr_rgb"]) == pytest.approx(10 * np.log10(255.0**2 / np.mean((sr.astype(float) - hr) ** 2)),
+                                                     abs=1e-3)
+        assert r["niqe"] == "" and r["note"].startswith("niqe: ") and "192" in r["note"]
+    (summary,) = _read_csv(out / "summary.csv")
+    assert summary["images"] == "2" and summary["niqe"] == "" and float(summary["psnr_rgb"]) > 20
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    assert "niqe: over 0 of 2 images" in md
+    assert json.loads((out / "report.json").read_text())["notes"] == res.notes
+
+    args = ["eval", "--model", "bicubic", "--data", str(hr_dir), "--degradation", "bicubic", "--metric", "psnr_y",
+            "--metric", "niqe", "-o", str(tmp_path / "cli"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sum(ln.startswith("note:") for ln in result.output.splitlines()) == 2
+    assert len(_read_csv(tmp_path / "cli" / "per_image.csv")) == 2

@@ -536,7 +536,8 @@ def test_loaded_image_dataclass_fields(tmp_path):
 
 
 def test_one_lister_for_the_project_and_excluded_output_folders(tmp_path):
-    from fewstep import datasets, evaluate
+    from fewstep import datasets
+    from fewstep.eval import datasets as evaluate
     from fewstep.imageio import list_folder
 
     root = tmp_path / "photos"

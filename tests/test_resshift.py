@@ -282,3 +282,34 @@ def test_residual_prediction_passes_the_lr_latent_through():
     # the same network read as an x0 predictor returns the decoded zero latent instead
     x0_pipe = ResShiftPipeline(Zeros(), ae, ResShiftChain(steps=4), scale=4)
     torch.testing.assert_close(x0_pipe.sample(lr, seed=0), ae.decode(torch.zeros_like(ae.encode(up))), atol=1e-5, rtol=0)
+
+
+def test_chain_owns_respacing_and_the_denoiser():
+    """`with_steps` spreads the kept indices evenly with both ends (the official respacing); the
+    denoiser feeds the network the scaled input and the *trained* timestep of each kept index."""
+    from fewstep.errors import FewstepError
+
+    chain = ResShiftChain(steps=15, min_noise_level=0.04, kappa=2.0, etas_end=0.99, power=0.3)
+    assert chain.with_steps(None) is chain and chain.with_steps(15) is chain
+    four = chain.with_steps(4)
+    assert four.steps == 4 and four.timestep_map.tolist() == [0, 5, 9, 14]
+    np.testing.assert_array_equal(four.sqrt_etas, chain.sqrt_etas[[0, 5, 9, 14]])
+    assert chain.with_steps(1).timestep_map.tolist() == [0]
+    with pytest.raises(FewstepError, match="m: steps must be between 1 and 15, got 16"):
+        chain.with_steps(16, name="m")
+
+    seen = {}
+
+    def net(x, t, lq=None):
+        seen["x"], seen["t"], seen["lq"] = x, t, lq
+        return torch.full_like(x, 0.5)
+
+    x, y, lq = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 1, 1)
+    t = torch.tensor([3, 1])
+    x0 = four.denoiser(net, y, lq)(x, t)
+    assert seen["t"].tolist() == [14, 5] and seen["lq"] is lq
+    std = np.sqrt(four.kappa ** 2 * four.etas[[3, 1]] + 1).astype(np.float32)
+    torch.testing.assert_close(seen["x"], x / torch.from_numpy(std)[:, None, None, None])
+    torch.testing.assert_close(x0, torch.full_like(x, 0.5))
+    residual = ResShiftChain(steps=4, prediction="residual")
+    torch.testing.assert_close(residual.denoiser(net, y, lq)(x, torch.tensor([0, 0])), y + 0.5)

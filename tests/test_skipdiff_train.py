@@ -83,6 +83,16 @@ def test_sr3_trainer_smoke_and_resume(tmp_path, photo_dir):
     assert "psnr_y" in s2["val"] and s2["val"]["psnr_y_bicubic"] > 10
     model = load_sr3(tmp_path / "run/export/sr3_small.safetensors")
     assert model.config["inner_channel"] == 8 and model.residual
+    # the export is a model folder (`--model PATH`): SkipDiff with m=10 over the exported weights
+    import fewstep
+    from fewstep.skipdiff.sr3 import build
+
+    up = fewstep.load(str(tmp_path / "run/export"), quiet=True)
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = build("skipdiff-sr3", weights=str(tmp_path / "run/export/sr3_small.safetensors"), policy="fixed", m=10)
+    assert up.name == "run" and up.nfe == ref.nfe == 19
+    torch.testing.assert_close(up.restore(lr, seed=5), ref.restore(lr, seed=5), rtol=0, atol=0)
+    assert fewstep.load(str(tmp_path / "run/export"), m=3).nfe == 12  # options override the card
 
 
 def test_policy_trainer_smoke(tmp_path, photo_dir):

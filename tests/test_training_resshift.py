@@ -124,6 +124,13 @@ def test_small_configs_smoke_autoencoder_then_resshift(tmp_path, kind):
         out = up.restore(lr, seed=3)
         assert out.shape == (1, 3, 80, 96) and 0 <= float(out.min()) and float(out.max()) <= 1
         torch.testing.assert_close(up.restore(lr, seed=3), out, rtol=0, atol=0)
+        # the ResShift trainer's export is itself a model folder (--model PATH), with the same weights
+        card = json.loads((rs_dir / "export" / "fewstep_model.json").read_text())
+        assert card["vq"] == json.loads((pkg / "fewstep_model.json").read_text())["vq"]
+        assert card["sha256"]["autoencoder.safetensors"] == json.loads((pkg / "fewstep_model.json").read_text())[
+            "sha256"]["autoencoder.safetensors"]
+        direct = fewstep.load(str(rs_dir / "export"))
+        torch.testing.assert_close(direct.restore(lr, seed=3), out, rtol=0, atol=0)
 
 
 def test_resshift_requires_trained_autoencoder(tmp_path):
@@ -179,7 +186,7 @@ def test_train_command_dispatch(tmp_path):
 def test_lpips_term_missing_weights(tmp_path, monkeypatch):
     """Without the LPIPS backbone file the term is dropped with a warning, or refused when required."""
     from fewstep.metrics.deep import load_lpips as cached_loader
-    from fewstep.resshift.train import load_lpips
+    from fewstep.training.losses import load_lpips_loss as load_lpips
 
     monkeypatch.setenv("FEWSTEP_HOME", str(tmp_path / "home"))  # an empty cache, whatever this machine has
     cached_loader.cache_clear()
@@ -189,3 +196,21 @@ def test_lpips_term_missing_weights(tmp_path, monkeypatch):
         assert load_lpips(1.0, torch.device("cpu"), weights_dir=str(tmp_path)) is None
     with pytest.raises(FewstepError, match="weights not found"):
         load_lpips(1.0, torch.device("cpu"), weights_dir=str(tmp_path), required=True)
+
+
+def test_one_patch_discriminator_for_both_trainers():
+    """The autoencoder trainer's GroupNorm PatchGAN and S3Diff's spectral-norm default are one class."""
+    from fewstep.s3diff.train import build_discriminator
+    from fewstep.training.losses import PatchDiscriminator
+
+    torch.manual_seed(0)
+    group, spectral = PatchDiscriminator(3, 8, 2), build_discriminator({"channels": 8, "layers": 2})
+    assert type(spectral) is PatchDiscriminator
+    x = torch.randn(2, 3, 32, 32)
+    for d in (group, spectral):  # 32 -> 16 -> 8 -> 7 (stride 1) -> 6: one logit per patch
+        assert d(x).shape == (2, 1, 6, 6)
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in group.modules())
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in spectral.modules())
+    assert sum(k.endswith("weight_orig") for k in spectral.state_dict()) == 4  # every conv normalised
+    with pytest.raises(FewstepError, match="norm"):
+        PatchDiscriminator(norm="batch")

@@ -25,7 +25,7 @@ _COMMANDS: dict[str, str] = {
     "upscale": "fewstep.commands.upscale:upscale_command",
     "weights": "fewstep.commands.weights:weights_command",
     "train": "fewstep.commands.train:train_command",
-    "eval": "fewstep.evaluate:eval_command",
+    "eval": "fewstep.commands.eval:eval_command",
     "make-testset": "fewstep.degrade.testset:make_testset_command",
     "serve": "fewstep.commands.serve:serve_command",
 }

@@ -47,7 +47,9 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def item_seeds(seed: int, epoch: int, index: int) -> tuple[int, int]:
     """(crop/flip seed, degradation seed) for one item; stable across machines and processes."""
-    a, b = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2, dtype=np.uint64)
+    from .utils.seeding import seed_states
+
+    a, b = seed_states([seed, epoch, index], 2)
     return int(a >> 2), int(b >> 2)
 
 

@@ -196,15 +196,23 @@ def load(name: str, **kwargs) -> Upscaler:
     from pathlib import Path
 
     if (Path(name) / "fewstep_model.json").is_file():
-        from .resshift.models import load_folder
-
-        return load_folder(name, **kwargs)
+        # resolved by name like every model factory, so this module (which the models import for
+        # `Upscaler`) imports no model module back
+        return _resolve(FOLDER_LOADER)(name, **kwargs)
     entries = available()
     if name not in entries:
         raise FewstepError(f"unknown model {name!r}; available: {', '.join(sorted(entries))}")
-    module_name, func_name = entries[name].factory.split(":")
-    factory: Callable[..., Upscaler] = getattr(importlib.import_module(module_name), func_name)
+    factory: Callable[..., Upscaler] = _resolve(entries[name].factory)
     return factory(name=name, **_accepted_options(name, factory, kwargs))
+
+
+FOLDER_LOADER = "fewstep.model_folder:load_folder"  # builds a model folder (fewstep_model.json)
+
+
+def _resolve(target: str) -> Callable:
+    """"module.path:function" -> the function."""
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 # Options every caller may pass; a model that has no use for them simply does not get them.

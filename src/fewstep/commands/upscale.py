@@ -194,7 +194,7 @@ def _check_model_tiling(up, tile, tile_overlap) -> None:
 
 def _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps, opt, quiet):
     from .. import load
-    from ..evaluate import parse_model_spec
+    from ..eval.run import parse_model_spec
 
     # only options the user gave are passed, so a model that lacks one says so instead of
     # silently ignoring it

@@ -24,37 +24,9 @@ from torch import nn
 from ..errors import FewstepError
 from ..training.config import require, section
 from ..training.engine import TrainTask, export_safetensors, run_training
-from .train import image_metrics, load_lpips
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN: conv4x4/2 + LeakyReLU, then `layers`-1 conv4x4/2 + GroupNorm + LeakyReLU,
-    one conv4x4/1 block and a 1-channel conv4x4/1 output (a realness score per patch).
-
-    GroupNorm instead of the usual BatchNorm: batch statistics would differ between one process
-    and DDP shards, and between train and eval.
-    """
-
-    def __init__(self, in_channels: int = 3, channels: int = 64, layers: int = 3):
-        super().__init__()
-        mods: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        c = channels
-        for i in range(1, layers + 1):
-            nc = channels * min(2 ** i, 8)
-            stride = 2 if i < layers else 1
-            mods += [nn.Conv2d(c, nc, 4, stride, 1, bias=False), nn.GroupNorm(min(32, nc // 4), nc), nn.LeakyReLU(0.2, True)]
-            c = nc
-        mods.append(nn.Conv2d(c, 1, 4, 1, 1))
-        self.net = nn.Sequential(*mods)
-        for m in self.modules():  # the DCGAN init taming uses
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.GroupNorm):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from ..training.losses import PatchDiscriminator, load_lpips_loss
+from ..utils.dtypes import torch_dtype
+from .train import image_metrics
 
 
 class KLAutoencoder(nn.Module):
@@ -110,8 +82,8 @@ class AutoencoderTask(TrainTask):
         from .train import build_val_set
 
         lc = section(self.cfg, "loss")
-        self.lpips = load_lpips(self.lpips_w, ctx.device, net=lc.get("lpips_net", "vgg"),
-                                weights_dir=lc.get("lpips_weights_dir"), required=self.lpips_required)
+        self.lpips = load_lpips_loss(self.lpips_w, ctx.device, net=lc.get("lpips_net", "vgg"),
+                                     weights_dir=lc.get("lpips_weights_dir"), required=self.lpips_required)
         self.val_set = build_val_set(self.cfg, 4, self.seed) if ctx.is_main else []
 
     def build_models(self):
@@ -205,7 +177,7 @@ class AutoencoderTask(TrainTask):
 
     def export(self, ctx, models):
         ex = section(self.cfg, "export")
-        dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[ex.get("dtype", "fp32")]
+        dtype = torch_dtype(ex.get("dtype", "fp32"), what="config: export.dtype")
         folder = ctx.out_dir / "export"
         ae = models["ae"]
         # a KL model is saved by its diffusers module so the keys are the usual diffusers keys

@@ -17,20 +17,11 @@ with. `jump` generalises the posterior to any pair of kept indices s < t (respac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from typing import Callable
 
 import numpy as np
 import torch
-
-
-@dataclass(frozen=True)
-class ChainConfig:
-    steps: int = 4
-    min_noise_level: float = 0.2
-    kappa: float = 2.0
-    etas_end: float = 0.99
-    power: float = 0.3
-    prediction: str = "x0"
 
 
 def eta_schedule(steps: int, min_noise_level: float, kappa: float, etas_end: float, power: float) -> np.ndarray:
@@ -56,7 +47,6 @@ class ResShiftChain:
         if prediction not in ("x0", "residual"):
             raise ValueError(f"prediction must be 'x0' or 'residual', got {prediction!r}")
         self.kappa, self.prediction = float(kappa), prediction
-        self.config = ChainConfig(steps, min_noise_level, kappa, etas_end, power, prediction)
         if sqrt_etas is None:
             sqrt_etas = eta_schedule(steps, min_noise_level, kappa, etas_end, power)
         self.sqrt_etas = np.asarray(sqrt_etas, dtype=np.float64)
@@ -94,6 +84,33 @@ class ResShiftChain:
         keep = sorted(int(i) for i in keep)
         return ResShiftChain(kappa=self.kappa, sqrt_etas=self.sqrt_etas[keep], timestep_map=self.timestep_map[keep],
                              prediction=self.prediction)
+
+    def with_steps(self, steps: int | None, name: str = "resshift") -> "ResShiftChain":
+        """This chain sampled in `steps` steps: `steps` indices spread evenly over 0..T-1 (both ends
+        kept), as the official respacing does; `None` or T gives the chain itself."""
+        if steps is None or int(steps) == self.steps:
+            return self
+        if not 1 <= int(steps) <= self.steps:
+            from ..errors import FewstepError
+
+            raise FewstepError(f"{name}: steps must be between 1 and {self.steps}, got {steps}")
+        return self.respaced(np.unique(np.round(np.linspace(0, self.steps - 1, int(steps))).astype(int)))
+
+    def denoiser(self, net, y: torch.Tensor, lq: torch.Tensor, mask: torch.Tensor | None = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The denoiser `D(x_t, t) -> x0` of this chain around `net` (ResShift's UNet): the network
+        input is scaled, t mapped to the trained timestep, the output read as x0 (or y + residual).
+        `y` is the LR latent, `lq` the network's LR condition; `autocast` wraps the network call
+        (the chain arithmetic stays float32). The ResShift pipeline and SkipDiff's adapter share it."""
+        extra = {} if mask is None else {"mask": mask}
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                out = net(self.scale_input(x, t), self.model_timesteps(t), lq=lq, **extra)
+            return self.x0_from_output(out.float(), y)
+
+        return denoise
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Chain index -> the integer timestep fed to the network (identity unless respaced)."""

@@ -16,19 +16,10 @@ def build_upscaler(unet, vq, chain_cfg: dict, *, scale: int, name: str, device="
                    tile: int | None = 256, overlap: int = 32, blend: str = "gaussian", tile_batch: int = 1,
                    needs_mask: bool = False, quiet: bool = True, steps: int | None = None):
     """Assemble networks + chain into a `ResShiftUpscaler` (optionally respaced to `steps`)."""
-    import numpy as np
-
     from .chain import ResShiftChain
     from .pipeline import ResShiftPipeline, ResShiftUpscaler
 
-    chain = ResShiftChain(**chain_cfg)
-    if steps is not None and int(steps) != chain.steps:
-        if not 1 <= int(steps) <= chain.steps:
-            from ..errors import FewstepError
-
-            raise FewstepError(f"{name}: steps must be between 1 and {chain.steps}, got {steps}")
-        keep = np.unique(np.round(np.linspace(0, chain.steps - 1, int(steps))).astype(int))
-        chain = chain.respaced(keep)
+    chain = ResShiftChain(**chain_cfg).with_steps(steps, name=name)
     pipe = ResShiftPipeline(unet.eval(), vq.eval(), chain, scale=scale).to(device)
     return ResShiftUpscaler(pipe, name=name, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
                             dtype=dtype, needs_mask=needs_mask, quiet=quiet)
@@ -54,7 +45,7 @@ def load_preset(name: str, weights=None, device="cpu", dtype="fp32", tile: int |
                           blend=blend, tile_batch=tile_batch, needs_mask=p["task"] == "inpaint", quiet=quiet, steps=steps)
 
 
-MODEL_CARD = "fewstep_model.json"
+from ..model_folder import MODEL_CARD  # noqa: E402  (the one definition of the card name)
 
 
 def small_model_dir():

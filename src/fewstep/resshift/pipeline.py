@@ -17,7 +17,6 @@ single tile covering the image gives exactly the untiled result.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import Sequence
 
 import torch
@@ -27,27 +26,15 @@ from ..errors import FewstepError
 from ..progress import tick as progress_tick
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
+from ..utils.dtypes import torch_dtype
+from ..utils.padding import pad_to_multiple
+from ..utils.seeding import seed_from
 from .chain import ResShiftChain
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 
 
 def tile_seed(seed: int, top: int = 0, left: int = 0) -> int:
     """A 63-bit seed derived from (seed, tile position); stable across runs and machines."""
-    digest = hashlib.blake2b(f"fewstep:{int(seed)}:{int(top)}:{int(left)}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad bottom/right to a multiple (as upstream); replicate where reflect cannot
-    reach (upstream crashes on images smaller than the pad)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if (ph < h and pw < w) else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+    return seed_from(f"fewstep:{int(seed)}:{int(top)}:{int(left)}")
 
 
 class ResShiftPipeline:
@@ -100,13 +87,13 @@ class ResShiftPipeline:
         arithmetic always runs in float32.
         """
         if isinstance(dtype, str):
-            dtype = DTYPES[dtype]
+            dtype = torch_dtype(dtype)
         lr = lr.to(self.device, torch.float32)
         b, _, h, w = lr.shape
-        lq = pad_to_multiple(lr, self.lq_size)
+        lq, _ = pad_to_multiple(lr, self.lq_size)
         mask_in = None
         if mask is not None:
-            m = pad_to_multiple(mask.to(self.device, torch.float32), self.lq_size)
+            m, _ = pad_to_multiple(mask.to(self.device, torch.float32), self.lq_size)
             lq = torch.where(m > 0.5, torch.full_like(lq, -1.0), lq)
             mask_in = m * 2 - 1
         if noise is None:
@@ -117,12 +104,11 @@ class ResShiftPipeline:
         with self._autocast(dtype):
             up = F.interpolate(lq, scale_factor=self.scale, mode="bicubic") if self.scale != 1 else lq
             z_y = self.vq.encode(up).float() * self.latent_scale_factor
+        denoise = self.chain.denoiser(self.unet, z_y, lq, mask_in, autocast=lambda: self._autocast(dtype))
         z = self.chain.prior_sample(z_y, noise[0].to(z_y))
         for k, t in enumerate(reversed(range(self.chain.steps))):
             tt = torch.full((b,), t, dtype=torch.long, device=self.device)
-            with self._autocast(dtype):
-                out = self.unet(self.chain.scale_input(z, tt), self.chain.model_timesteps(tt), lq=lq, mask=mask_in)
-            x0 = self.chain.x0_from_output(out.float(), z_y)
+            x0 = denoise(z, tt)
             z = self.chain.step(z, x0, tt, noise[k + 1].to(z))
             if callback is not None:
                 callback(k, t, z, x0)

@@ -14,7 +14,6 @@ Config sections: ``model`` (SwinUNet params), ``diffusion`` (chain params), ``au
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +23,8 @@ import torch.nn.functional as F
 from ..errors import FewstepError
 from ..training.config import require, section
 from ..training.engine import TrainTask, export_safetensors, run_training
-
-
-class _LPIPSPixels(torch.nn.Module):
-    """LPIPS on images in [-1, 1] (fewstep.metrics' LPIPS takes [0, 1]); per-sample distances."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x, y):
-        return self.net((x + 1) / 2, (y + 1) / 2)
-
-
-def load_lpips(weight: float, device: torch.device, *, net: str = "vgg", weights_dir: str | None = None,
-               required: bool = False, what: str = "loss.lpips_weight"):
-    """The LPIPS loss module (inputs in [-1, 1]) or None when `weight` is 0 or LPIPS is unavailable.
-
-    Uses `fewstep.metrics.deep.load_lpips` (torchvision backbone file from `weights_dir` or the
-    fewstep cache; never downloads during training). Without the file the LPIPS term is dropped
-    with a warning, or an error when `required`.
-    """
-    if not weight:
-        return None
-    try:
-        from ..metrics.deep import load_lpips as _load
-
-        model = _load(net, weights_dir, "cpu", download=False)
-    except (ImportError, FewstepError) as e:
-        msg = f"{what}={weight} but LPIPS is unavailable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-        if required:
-            raise FewstepError(msg) from None
-        warnings.warn(msg + "; training without the LPIPS term", stacklevel=2)
-        return None
-    import copy
-
-    model = copy.deepcopy(model).to(device).eval()  # the loader caches its instance; keep ours private
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return _LPIPSPixels(model)
+from ..training.losses import load_lpips_loss
+from ..utils.dtypes import torch_dtype
 
 
 def build_val_set(cfg: dict, scale: int, seed: int, *, inpaint: bool = False) -> list[dict[str, torch.Tensor]]:
@@ -156,9 +118,9 @@ class ResShiftTask(TrainTask):
             p.requires_grad_(False)
         self.lpips_w = float(self.loss_cfg.get("lpips_weight", 0.0))
         self.mse_w = float(self.loss_cfg.get("mse_weight", 1.0))
-        self.lpips = load_lpips(self.lpips_w, ctx.device, net=self.loss_cfg.get("lpips_net", "vgg"),
-                                weights_dir=self.loss_cfg.get("lpips_weights_dir"),
-                                required=bool(self.loss_cfg.get("lpips_required", False)))
+        self.lpips = load_lpips_loss(self.lpips_w, ctx.device, net=self.loss_cfg.get("lpips_net", "vgg"),
+                                     weights_dir=self.loss_cfg.get("lpips_weights_dir"),
+                                     required=bool(self.loss_cfg.get("lpips_required", False)))
         self.val_set = build_val_set(self.cfg, self.scale, self.seed, inpaint=self.inpaint) if ctx.is_main else []
 
     def build_models(self):
@@ -237,7 +199,7 @@ class ResShiftTask(TrainTask):
 
     def export(self, ctx, models):
         ex = section(self.cfg, "export")
-        dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[ex.get("dtype", "fp32")]
+        dtype = torch_dtype(ex.get("dtype", "fp32"), what="config: export.dtype")
         folder = ctx.out_dir / "export"
         # the shifted-window masks / index tables are rebuilt from the config; no need to ship them
         export_safetensors({"unet": models["unet"]}, folder, dtype=dtype, skip=("attn_mask", "relative_position_index"))
@@ -245,6 +207,16 @@ class ResShiftTask(TrainTask):
                 "diffusion": self.chain_cfg, "autoencoder": {"params": self.ae["params"]},
                 "ema": ctx.settings.ema_rate is not None, "dtype": ex.get("dtype", "fp32")}
         (folder / "resshift.json").write_text(json.dumps(meta, indent=2))
+        # with the (frozen) autoencoder beside the UNet the export is a complete model folder:
+        # `fewstep upscale --model OUT_DIR/export` runs it as it is
+        from ..model_folder import resshift_card, write_model_folder
+
+        export_safetensors({"autoencoder": self.vq}, folder, dtype=dtype)
+        card = resshift_card(name=str(ex.get("name", ctx.out_dir.name)), scale=self.scale, unet=self.model_cfg,
+                             vq=self.ae["params"], chain=self.chain_cfg, task="inpaint" if self.inpaint else "sr",
+                             tile=int(ex.get("tile", 256)), overlap=int(ex.get("overlap", 32)),
+                             training={"resshift_step": ctx.step, "ema": meta["ema"], "dtype": meta["dtype"]})
+        write_model_folder(folder, card, ["unet.safetensors", "autoencoder.safetensors"])
 
 
 def train(config: dict[str, Any], resume: bool = True, quiet: bool = False) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, WeightsNotFoundError
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -61,20 +60,8 @@ class DEResNet(nn.Module):
 
 
 def load_deresnet(path: str | Path) -> DEResNet:
-    """Build DEResNet and load `de_net.pth` (plain state dict, strict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weights not found: put de_net.pth at {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file / pickled code
-        raise CheckpointError(f"{path}: cannot read DEResNet weights ({e.__class__.__name__}: {e})") from None
-    if isinstance(sd, dict) and "params" in sd and isinstance(sd["params"], dict):
-        sd = sd["params"]  # basicsr-style wrapper
-    net = DEResNet()
-    try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "mismatch"
-        raise CheckpointError(f"{path}: not a DEResNet state dict ({first})") from None
+    """Build DEResNet and load `de_net.pth` (plain or `params`-wrapped state dict, strict)."""
+    from ..checkpoint import load_state_dict, read_state_dict
+
+    net = load_state_dict(DEResNet(), read_state_dict(path), str(path))
     return net.eval().requires_grad_(False)

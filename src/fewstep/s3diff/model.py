@@ -146,41 +146,30 @@ class S3DiffModel(nn.Module):
                 int(ckpt.get("rank_vae", self.rank_vae)) != self.rank_vae:
             raise CheckpointError(f"{where}: LoRA ranks {ckpt.get('rank_unet')}/{ckpt.get('rank_vae')} differ from the "
                                   f"model's {self.rank_unet}/{self.rank_vae}")
-        self._load_part(self.unet, ckpt["state_dict_unet"], where, "state_dict_unet",
-                        required=lambda k: "lora_" in k or k.startswith("conv_in."))
-        self._load_part(self.vae, ckpt["state_dict_vae"], where, "state_dict_vae", required=lambda k: "lora_" in k)
+        from ..checkpoint import load_state_dict
+
+        # LoRA checkpoints hold the adapters (and conv_in) only; the other weights stay SD-Turbo's
+        load_state_dict(self.unet, ckpt["state_dict_unet"], f"{where} [state_dict_unet]",
+                        optional=lambda k: not ("lora_" in k or k.startswith("conv_in.")))
+        load_state_dict(self.vae, ckpt["state_dict_vae"], f"{where} [state_dict_vae]", optional=lambda k: "lora_" not in k)
         m = self.modulation
         parts = {"state_dict_vae_de_mlp": m.vae_de_mlp, "state_dict_unet_de_mlp": m.unet_de_mlp,
                  "state_dict_vae_block_mlp": m.vae_block_mlp, "state_dict_unet_block_mlp": m.unet_block_mlp,
                  "state_dict_vae_fuse_mlp": m.vae_fuse_mlp, "state_dict_unet_fuse_mlp": m.unet_fuse_mlp}
         emb = ckpt["state_embeddings"]
-        try:
-            for key, mod in parts.items():
-                mod.load_state_dict(ckpt[key])
-            m.vae_block_embeddings.load_state_dict(emb["state_dict_vae_block"])
-            m.unet_block_embeddings.load_state_dict(emb["state_dict_unet_block"])
-            w = torch.as_tensor(ckpt["w"]).detach().float()
-            if w.shape != m.w.shape:
-                raise RuntimeError(f"w has shape {tuple(w.shape)}, expected {tuple(m.w.shape)}")
-            m.w.copy_(w)
-        except (RuntimeError, KeyError) as e:
-            raise CheckpointError(f"{where}: modulation nets do not match ({_first_line(e)})") from None
-
-    @staticmethod
-    def _load_part(module: nn.Module, sd: dict, where: str, key: str, required) -> None:
-        own = module.state_dict()
-        unknown = [k for k in sd if k not in own]
-        if unknown:
-            raise CheckpointError(f"{where}: {key} has key {unknown[0]!r} that the model does not have "
-                                  f"({len(unknown)} unknown; wrong LoRA targets or base model?)")
-        missing = [k for k in own if required(k) and k not in sd]
-        if missing:
-            raise CheckpointError(f"{where}: {key} lacks {missing[0]!r} ({len(missing)} missing)")
-        for k, v in sd.items():
-            if tuple(v.shape) != tuple(own[k].shape):
-                raise CheckpointError(f"{where}: {key}[{k!r}] has shape {tuple(v.shape)}, "
-                                      f"model expects {tuple(own[k].shape)}")
-        module.load_state_dict(sd, strict=False)
+        for key, mod in parts.items():
+            if not isinstance(ckpt.get(key), dict):
+                raise CheckpointError(f"{where}: missing key {key!r} (not an S3Diff checkpoint)")
+            load_state_dict(mod, ckpt[key], f"{where} [{key}]")
+        for key, mod in (("state_dict_vae_block", m.vae_block_embeddings),
+                         ("state_dict_unet_block", m.unet_block_embeddings)):
+            if key not in emb:
+                raise CheckpointError(f"{where}: state_embeddings lacks {key!r}")
+            load_state_dict(mod, emb[key], f"{where} [state_embeddings.{key}]")
+        w = torch.as_tensor(ckpt["w"]).detach().float()
+        if w.shape != m.w.shape:
+            raise CheckpointError(f"{where}: w has shape {tuple(w.shape)}, expected {tuple(m.w.shape)}")
+        m.w.copy_(w)
 
     def official_state_dict(self) -> dict[str, Any]:
         """The checkpoint dict in the layout of the official `S3Diff.save_model` (`s3diff.pkl`)."""
@@ -300,14 +289,9 @@ class S3DiffModel(nn.Module):
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weights not found: put s3diff.pkl at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read S3Diff checkpoint ({e.__class__.__name__}: "
-                              f"{_first_line(e)})") from None
+    from ..checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not an S3Diff checkpoint (top level is {type(ckpt).__name__})")
     return ckpt

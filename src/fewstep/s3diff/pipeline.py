@@ -20,19 +20,11 @@ import torch.nn.functional as F
 from ..errors import FewstepError
 from .colorfix import COLOR_FIXES, color_fix as apply_color_fix, to_8bit
 from .model import GUIDANCE_SCALE, NEG_PROMPT, POS_PROMPT, S3DiffModel, _first_line, resolve_sd_turbo
+from ..utils.dtypes import torch_dtype
+from ..utils.padding import pad_to_multiple
 from .tiling import gaussian_weights, tile_plan
 
 UPSAMPLE_MODES = ("bilinear", "bicubic")
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise FewstepError(f"unknown dtype {dtype!r}; choose fp32 or bf16")
-    return DTYPES[dtype]
 
 
 class S3DiffPipeline:
@@ -48,7 +40,7 @@ class S3DiffPipeline:
             raise FewstepError(f"unknown upsample mode {upsample!r}; choose bilinear or bicubic")
         tile_plan(1, 1, latent_tile, latent_overlap)  # validates tile/overlap
         self.device = torch.device(device)
-        self.dtype = parse_dtype(dtype)
+        self.dtype = torch_dtype(dtype)
         self.model = model.eval().requires_grad_(False).to(self.device)
         # Degradation scores and modulation matrices are tiny and steer everything: keep them fp32.
         if self.dtype != torch.float32:
@@ -122,17 +114,6 @@ class S3DiffPipeline:
         h, w = lr.shape[-2:]
         return F.interpolate(lr.float(), size=(h * self.scale, w * self.scale), mode=self.upsample,
                              align_corners=False)
-
-    @staticmethod
-    def pad_to_64(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 64, (-w) % 64
-        if ph or pw:
-            if ph >= h or pw >= w:  # reflect needs pad < size; tiny inputs fall back to replicate
-                x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-            else:
-                x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        return x, (ph, pw)
 
     def _check(self, lr: torch.Tensor) -> torch.Tensor:
         if not isinstance(lr, torch.Tensor) or lr.ndim != 4 or lr.shape[1] != 3:
@@ -220,7 +201,7 @@ class S3DiffPipeline:
         mod_inter: dict[str, torch.Tensor] | None = {} if return_intermediates else None
         vae_mod, unet_mod = self.modulation(scores, mod_inter)
         lr_up = self.upsample_lr(lr)
-        x, (ph, pw) = self.pad_to_64((lr_up * 2 - 1).clamp(-1, 1))
+        x, (ph, pw) = pad_to_multiple((lr_up * 2 - 1).clamp(-1, 1), 64)
         gen = generator
         if encoder_noise is None and latent == "sample" and not isinstance(gen, torch.Generator):
             gen = torch.Generator().manual_seed(0 if gen is None else int(gen))

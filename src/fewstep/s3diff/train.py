@@ -30,29 +30,13 @@ from ..errors import FewstepError
 from ..training import TrainTask
 
 
-class PatchDiscriminator(nn.Module):
-    """A small spectral-normalised conv discriminator returning per-patch logits (offline default)."""
-
-    def __init__(self, channels: int = 64, layers: int = 3) -> None:
-        super().__init__()
-        sn = nn.utils.spectral_norm
-        mods: list[nn.Module] = [sn(nn.Conv2d(3, channels, 4, 2, 1)), nn.LeakyReLU(0.2)]
-        c = channels
-        for _ in range(layers - 1):
-            mods += [sn(nn.Conv2d(c, c * 2, 4, 2, 1)), nn.LeakyReLU(0.2)]
-            c *= 2
-        mods.append(sn(nn.Conv2d(c, 1, 3, 1, 1)))
-        self.net = nn.Sequential(*mods)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x in [-1, 1]
-        return self.net(x)
-
-
 def build_discriminator(spec: dict | None) -> nn.Module:
     spec = dict(spec or {})
     factory = spec.pop("factory", None)
     if factory is None:
-        return PatchDiscriminator(**spec)
+        from ..training.losses import PatchDiscriminator
+
+        return PatchDiscriminator(**{"norm": "spectral", **spec})
     try:
         mod, fn = str(factory).split(":")
         return getattr(importlib.import_module(mod), fn)(**spec)
@@ -125,17 +109,10 @@ class S3DiffTask(TrainTask):
                 embs.append(te(ids)[0].float())
         self.pos_emb, self.neg_emb = (e.to(self.device) for e in embs)
         del te  # the prompts are fixed: the text encoder is not needed during training
-        self.lpips = None
-        if float(self.lcfg["lpips"]) > 0:
-            from ..errors import WeightsNotFoundError
+        from ..training.losses import load_lpips_loss
 
-            try:
-                from ..metrics.deep import load_lpips
-
-                self.lpips = load_lpips("vgg", self.mcfg.get("lpips_weights"), download=False).to(self.device)
-            except WeightsNotFoundError as e:
-                if ctx.is_main and not ctx.quiet:
-                    print(f"note: LPIPS loss disabled ({e})")
+        self.lpips = load_lpips_loss(float(self.lcfg["lpips"]), self.device, weights_dir=self.mcfg.get("lpips_weights"),
+                                     what="loss.lpips")
 
     def build_models(self) -> dict[str, nn.Module]:
         from .model import S3DiffModel, read_official_checkpoint
@@ -207,7 +184,7 @@ class S3DiffTask(TrainTask):
         loss = float(self.lcfg["l2"]) * l2
         logs = {"l2": float(l2.detach())}
         if self.lpips is not None:
-            lp = self.lpips(out.float() * 0.5 + 0.5, target.float() * 0.5 + 0.5).mean()
+            lp = self.lpips(out.float(), target.float()).mean()
             loss = loss + float(self.lcfg["lpips"]) * lp
             logs["lpips"] = float(lp.detach())
         if disc is not None:

@@ -167,8 +167,7 @@ class ResShiftAdapter:
 
     def predict_x0(self, model, x, cond: dict, label) -> torch.Tensor:
         t = _as_index(label, x.shape[0]).to(x.device)
-        unet = getattr(model, "unet", model)
-        return self.rc.x0_from_output(unet(self.rc.scale_input(x, t), t, cond["lq"]), cond["y"])
+        return self.rc.denoiser(getattr(model, "unet", model), cond["y"], cond["lq"])(x, t)
 
     def moments(self, t_from, t_to, batch: int):
         tf, tt = _as_index(t_from, batch).tolist(), _as_index(t_to, batch).tolist()

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FewstepError
-from .sampler import DENOISE, SKIP
+
+# The action vocabulary shared with the sampler (which imports it from here, so the two modules
+# do not import each other).
+DENOISE, SKIP = 0, 1
 
 
 class FixedPolicy:
@@ -255,20 +258,19 @@ class BanditPolicy(nn.Module):
 
 
 def load_policy(path, kind: str | None = None):
-    """Load a policy saved by `fewstep.skipdiff.train` (torch.load weights_only)."""
-    from pathlib import Path
+    """Load a policy saved by `fewstep.skipdiff.train` ({kind, sizes, state_dict}, weights_only)."""
+    from ..checkpoint import load_state_dict, read_checkpoint
 
-    p = Path(path)
-    if not p.is_file():
-        raise FewstepError(f"policy file not found: {p}")
-    sd = torch.load(p, map_location="cpu", weights_only=True)
+    sd = read_checkpoint(path)
+    if not isinstance(sd, dict) or not isinstance(sd.get("state_dict"), dict):
+        raise FewstepError(f"{path}: not a fewstep policy file (no state_dict)")
     kind = kind or sd.get("kind")
-    if kind == "bandit":
-        pol = BanditPolicy(int(sd["num_fine"]), int(sd["num_features"]))
-        pol.load_state_dict(sd["state_dict"])
-        return pol
-    if kind == "ppo":
-        net = ActorCritic(int(sd["obs_size"]), int(sd["hidden"]))
-        net.load_state_dict(sd["state_dict"])
-        return PPOPolicy(net)
-    raise FewstepError(f"{p}: unknown policy kind {kind!r} (expected 'bandit' or 'ppo')")
+    try:
+        if kind == "bandit":
+            return load_state_dict(BanditPolicy(int(sd["num_fine"]), int(sd["num_features"])), sd["state_dict"], str(path))
+        if kind == "ppo":
+            net = ActorCritic(int(sd["obs_size"]), int(sd["hidden"]))
+            return PPOPolicy(load_state_dict(net, sd["state_dict"], str(path)))
+    except KeyError as e:
+        raise FewstepError(f"{path}: {kind} policy file lacks {e.args[0]!r}") from None
+    raise FewstepError(f"{path}: unknown policy kind {kind!r} (expected 'bandit' or 'ppo')")

@@ -19,7 +19,6 @@ in nor on the actions of other samples, and all completions of one image share t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -28,17 +27,17 @@ import torch
 
 from ..errors import FewstepError
 from ..progress import tick as progress_tick
+from ..utils.seeding import seed_from
+from .policy import DENOISE, SKIP, FixedPolicy
 
 MODES = ("reset", "hold", "jump")
-DENOISE, SKIP = 0, 1
 
 
 def keyed_noise(shape: Sequence[int], seeds: Sequence[int], key: str, device="cpu", dtype=torch.float32):
     """Standard normal noise of `shape` (batch first); sample i depends only on (seeds[i], key)."""
     out = []
     for s in seeds:
-        h = hashlib.blake2b(f"{int(s)}/{key}".encode(), digest_size=8).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
+        g = torch.Generator().manual_seed(seed_from(f"{int(s)}/{key}"))
         out.append(torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32))
     return torch.stack(out).to(device, dtype)
 
@@ -184,8 +183,6 @@ class SkipDiffSampler:
     def __call__(self, model, lr: torch.Tensor, policy=None, seed=0, *, hr: torch.Tensor | None = None,
                  return_info: bool = False):
         """Returns (image (B,3,H,W) in [0,1], nfe (B,)); with return_info also the FineResult/choices."""
-        from .policy import FixedPolicy
-
         policy = policy if policy is not None else FixedPolicy(self.num_fine)
         cr = self.coarse(model, lr, seed)
         if getattr(policy, "needs_enumeration", False):
@@ -206,8 +203,6 @@ class SkipDiffSampler:
         Returns {"images": (F,B,3,H,W) in [0,1], "states": [m-1][i] = x after i denoise steps of the
         m-completion (when record), "coarse": cr}. With reset/hold these are all reachable outputs.
         """
-        from .policy import FixedPolicy
-
         images, states = [], []
         for m in range(1, self.num_fine + 1):
             res = self.fine(model, cr, FixedPolicy(m), record=record)

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, FewstepError, WeightsNotFoundError
+from ..errors import CheckpointError, FewstepError
 from ..upscaler import Upscaler
+from ..utils.padding import pad_to_multiple
 
 
 def noise_level_embedding(level: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -111,9 +112,7 @@ class SR3UNet(nn.Module):
     def forward(self, x: torch.Tensor, sqrt_abar: torch.Tensor) -> torch.Tensor:
         mult = 2 ** self.levels
         h0, w0 = x.shape[-2:]
-        ph, pw = (-h0) % mult, (-w0) % mult
-        if ph or pw:  # any image size: reflect-pad to a multiple of the UNet's stride
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        x, _ = pad_to_multiple(x, mult)  # any image size: pad to a multiple of the UNet's stride
         e = self.mlp(noise_level_embedding(sqrt_abar.to(x.device), self.emb_dim))
         h = self.inp(x)
         hs = [h]
@@ -149,24 +148,12 @@ def save_sr3(model: SR3UNet, path: str | Path) -> None:
 def load_sr3(path: str | Path) -> SR3UNet:
     import json
 
-    from safetensors import safe_open
+    from ..checkpoint import load_state_dict, read_safetensors
 
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsNotFoundError(f"weights not found: put {p.name} in {p.parent}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+    sd, meta = read_safetensors(path)
     if "sr3_config" not in meta:
-        raise CheckpointError(f"{p}: no sr3_config metadata (not an SR3 weight file from fewstep)")
-    model = SR3UNet(**json.loads(meta["sr3_config"]))
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise CheckpointError(f"{p}: weights do not match the SR3 config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: no sr3_config metadata (not an SR3 weight file from fewstep)")
+    model = load_state_dict(SR3UNet(**json.loads(meta["sr3_config"])), sd, str(path))
     return model.eval()
 
 
@@ -205,6 +192,19 @@ class SR3SkipDiff(Upscaler):
             out, nfe = self.sampler(self.unet, lr, policy=self.policy, seed=seed)
         self.last_nfe = int(nfe[0])
         return out
+
+
+def load_folder(folder, weights=None, device: str = "cpu", dtype: str = "fp32", name: str | None = None, **kwargs):
+    """A model folder written by the SR3 trainer: `fewstep_model.json` (type "sr3", the weight file,
+    sampler options) beside the weights. Options given here override the card's."""
+    from ..model_folder import read_card
+
+    card = read_card(folder)
+    for key in ("quiet", "tile", "overlap", "blend", "tile_batch"):  # whole-image sampler: no tiling, no bar
+        kwargs.pop(key, None)
+    opts = {**card.get("options", {}), **kwargs}
+    return build(name or card.get("name", Path(folder).name), weights=Path(folder) / card.get("weights_file", DEFAULT_WEIGHTS.name),
+                 device=device, dtype=dtype, **opts)
 
 
 def build(name: str = "skipdiff-sr3", weights: str | Path | None = None, device: str = "cpu", dtype: str = "fp32",

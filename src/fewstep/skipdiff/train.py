@@ -198,9 +198,16 @@ class SR3Task:
     def export(self, ctx, models):
         from .sr3 import save_sr3
 
+        from ..model_folder import write_model_folder
+
         folder = ctx.out_dir / "export"
         folder.mkdir(parents=True, exist_ok=True)
         save_sr3(models["unet"], folder / "sr3_small.safetensors")
+        # a model folder: `--model OUT_DIR/export` samples it with SkipDiff (9 coarse + 10 fine steps)
+        card = {"type": "sr3", "name": ctx.out_dir.name, "task": "sr", "scale": self.scale,
+                "weights_file": "sr3_small.safetensors", "options": {"policy": "fixed", "m": 10},
+                "training": {"sr3_step": ctx.step, "ema": ctx.settings.ema_rate is not None}}
+        write_model_folder(folder, card, ["sr3_small.safetensors"])
 
 
 def train_sr3(config: dict, *, resume: bool = True, quiet: bool = False) -> dict:

@@ -6,10 +6,10 @@ Light at import time; `accelerate`, `tensorboard` and `tqdm` are imported when t
 from __future__ import annotations
 
 from .config import apply_overrides, load_config
-from .engine import Context, StepBatchSampler, TrainSettings, TrainTask, export_safetensors, run_training
+from .engine import Context, StepBatchSampler, Trainer, TrainSettings, TrainTask, export_safetensors, run_training
 from .schedule import build_scheduler, lr_at
 
 __all__ = [
-    "Context", "StepBatchSampler", "TrainSettings", "TrainTask", "apply_overrides", "build_scheduler",
+    "Context", "StepBatchSampler", "Trainer", "TrainSettings", "TrainTask", "apply_overrides", "build_scheduler",
     "export_safetensors", "load_config", "lr_at", "run_training",
 ]

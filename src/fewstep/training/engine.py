@@ -267,127 +267,152 @@ def run_training(task: TrainTask, cfg: dict, *, resume: bool = True, quiet: bool
     With `resume` the newest checkpoint in ``out_dir/checkpoints`` is continued; without it an
     ``out_dir`` that already holds checkpoints is refused (nothing is overwritten).
     """
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    return Trainer(task, cfg, resume=resume, quiet=quiet).fit()
 
-    s = TrainSettings.from_config(cfg)
-    if not cfg.get("out_dir"):
-        raise FewstepError("config: missing required key 'out_dir'")
-    out_dir = Path(cfg["out_dir"])
-    seed = int(cfg.get("seed", 0))
-    ckpt_dir = out_dir / "checkpoints"
 
-    accelerator = _make_accelerator(s)
-    ctx = Context(accelerator=accelerator, out_dir=out_dir, cfg=cfg, settings=s, quiet=quiet)
-    world = accelerator.num_processes
-    if s.batch_size % (s.grad_accum * world):
-        raise FewstepError(
-            f"config: train.batch_size={s.batch_size} is not divisible by grad_accum x processes = "
-            f"{s.grad_accum} x {world}")
+class Trainer:
+    """One training run of a `TrainTask`: `Trainer(task, cfg).fit()` (what `run_training` does).
 
-    latest = ckpt.latest_checkpoint(ckpt_dir)
-    if latest is not None and not resume:
-        raise FewstepError(f"{ckpt_dir} already holds checkpoints; resume, or choose another out_dir")
+    `fit` = `_prepare` (accelerator, models, optimizers, data, resume) then the step loop, where each
+    micro-batch goes through `_train_batch` and each completed optimizer step through `_after_step`
+    (EMA, logs, periodic validation and checkpoints), then a final checkpoint, validation and export.
+    The order of every random draw is part of the contract (exact resume), so keep it when editing.
+    """
 
-    # Identical initial weights on every process (DDP would broadcast rank 0's anyway).
-    set_seed(seed)
-    task.setup(ctx)
-    raw_models = task.build_models()
-    if not raw_models:
-        raise FewstepError("trainer built no models")
+    def __init__(self, task: TrainTask, cfg: dict, *, resume: bool = True, quiet: bool = False):
+        self.task, self.cfg, self.resume, self.quiet = task, cfg, resume, quiet
+        self.s = TrainSettings.from_config(cfg)
+        if not cfg.get("out_dir"):
+            raise FewstepError("config: missing required key 'out_dir'")
+        self.out_dir = Path(cfg["out_dir"])
+        self.seed = int(cfg.get("seed", 0))
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.step = self.epoch = self.in_epoch = 0
 
-    # ---- optimizers: one AdamW per task optimizer group
-    opt_specs = task.optimizers()
-    if s.mixed_precision == "fp16" and len(opt_specs) > 1:
-        # one GradScaler is shared by all optimizers and updated after each step: the scale could change
-        # between them. bf16 needs no scaler.
-        raise FewstepError("config: train.mixed_precision 'fp16' supports one optimizer only; use 'bf16'")
-    owner: dict[str, list[str]] = {}
-    for oname, spec in opt_specs.items():
-        names = spec.get("models") or list(raw_models)
-        for n in names:
-            if n not in raw_models:
-                raise FewstepError(f"trainer: optimizer {oname!r} names unknown model {n!r}")
-            owner.setdefault(n, []).append(oname)
-        spec["models"] = names
-    ema_names = task.ema_models()
-    ema_names = list(raw_models) if ema_names is None else list(ema_names)
+    # ------------------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        from accelerate.utils import set_seed
 
-    names = list(raw_models)
-    prepared = accelerator.prepare(*[raw_models[n] for n in names])
-    if len(names) == 1:
-        prepared = (prepared,)
-    ctx.models = dict(zip(names, prepared))
-    ctx.raw = {n: accelerator.unwrap_model(m) for n, m in ctx.models.items()}
+        s, task = self.s, self.task
+        self.accelerator = accelerator = _make_accelerator(s)
+        self.ctx = ctx = Context(accelerator=accelerator, out_dir=self.out_dir, cfg=self.cfg, settings=s, quiet=self.quiet)
+        self.world = world = accelerator.num_processes
+        if s.batch_size % (s.grad_accum * world):
+            raise FewstepError(
+                f"config: train.batch_size={s.batch_size} is not divisible by grad_accum x processes = "
+                f"{s.grad_accum} x {world}")
 
-    optimizers, schedulers, opt_params = {}, {}, {}
-    for oname, spec in opt_specs.items():
-        params = [p for n in spec["models"] for p in ctx.raw[n].parameters() if p.requires_grad]
-        if not params:
-            raise FewstepError(f"trainer: optimizer {oname!r} has no trainable parameters")
-        lr = float(spec.get("lr", s.lr))
-        opt = torch.optim.AdamW(
-            params, lr=lr, betas=tuple(spec.get("betas", s.betas)),
-            weight_decay=float(spec.get("weight_decay", s.weight_decay)), eps=s.eps)
-        eta_min = float(spec.get("eta_min", s.eta_min * lr / s.lr if s.lr else 0.0))
-        schedulers[oname] = build_scheduler(opt, total=s.steps, warmup=int(s.warmup), eta_min=eta_min, kind=s.schedule)
-        optimizers[oname] = accelerator.prepare(opt)
-        opt_params[oname] = params
+        self.latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        if self.latest is not None and not self.resume:
+            raise FewstepError(f"{self.ckpt_dir} already holds checkpoints; resume, or choose another out_dir")
 
-    emas = {n: EMA(ctx.raw[n], s.ema_rate) for n in ema_names} if s.ema_rate is not None else {}
+        # Identical initial weights on every process (DDP would broadcast rank 0's anyway).
+        set_seed(self.seed)
+        task.setup(ctx)
+        raw_models = task.build_models()
+        if not raw_models:
+            raise FewstepError("trainer built no models")
+        self._build_optimizers(raw_models)
 
-    # ---- data
-    dataset = task.dataset()
-    n_data = len(dataset)
-    spe = steps_per_epoch(n_data, s.batch_size)
-    if spe == 0:
-        raise FewstepError(f"dataset has {n_data} samples, fewer than train.batch_size={s.batch_size}")
+        # ---- data
+        self.dataset = task.dataset()
+        self.n_data = len(self.dataset)
+        self.spe = steps_per_epoch(self.n_data, s.batch_size)
+        if self.spe == 0:
+            raise FewstepError(f"dataset has {self.n_data} samples, fewer than train.batch_size={s.batch_size}")
+        self.logger = RunLogger(self.out_dir, enabled=accelerator.is_main_process, tensorboard=s.tensorboard)
+        if self.latest is not None:
+            self._restore(self.latest)
+        else:
+            # different random draws (noise, timesteps) per process, same on every fresh start
+            set_seed(self.seed + 7919 * accelerator.process_index)
+        self.stop = s.steps if s.stop_at is None else min(int(s.stop_at), s.steps)
 
-    step, epoch, in_epoch = 0, 0, 0
-    logger = RunLogger(out_dir, enabled=accelerator.is_main_process, tensorboard=s.tensorboard)
+    def _build_optimizers(self, raw_models: dict[str, nn.Module]) -> None:
+        """One AdamW (and schedule) per task optimizer group; EMAs; models through accelerate."""
+        s, task, accelerator, ctx = self.s, self.task, self.accelerator, self.ctx
+        self.opt_specs = opt_specs = task.optimizers()
+        if s.mixed_precision == "fp16" and len(opt_specs) > 1:
+            # one GradScaler is shared by all optimizers and updated after each step: the scale could change
+            # between them. bf16 needs no scaler.
+            raise FewstepError("config: train.mixed_precision 'fp16' supports one optimizer only; use 'bf16'")
+        self.owner = owner = {}
+        for oname, spec in opt_specs.items():
+            names = spec.get("models") or list(raw_models)
+            for n in names:
+                if n not in raw_models:
+                    raise FewstepError(f"trainer: optimizer {oname!r} names unknown model {n!r}")
+                owner.setdefault(n, []).append(oname)
+            spec["models"] = names
+        ema_names = task.ema_models()
+        ema_names = list(raw_models) if ema_names is None else list(ema_names)
 
-    if latest is not None:
+        self.names = names = list(raw_models)
+        prepared = accelerator.prepare(*[raw_models[n] for n in names])
+        if len(names) == 1:
+            prepared = (prepared,)
+        ctx.models = dict(zip(names, prepared))
+        ctx.raw = {n: accelerator.unwrap_model(m) for n, m in ctx.models.items()}
+
+        self.optimizers, self.schedulers, self.opt_params = {}, {}, {}
+        for oname, spec in opt_specs.items():
+            params = [p for n in spec["models"] for p in ctx.raw[n].parameters() if p.requires_grad]
+            if not params:
+                raise FewstepError(f"trainer: optimizer {oname!r} has no trainable parameters")
+            lr = float(spec.get("lr", s.lr))
+            opt = torch.optim.AdamW(
+                params, lr=lr, betas=tuple(spec.get("betas", s.betas)),
+                weight_decay=float(spec.get("weight_decay", s.weight_decay)), eps=s.eps)
+            eta_min = float(spec.get("eta_min", s.eta_min * lr / s.lr if s.lr else 0.0))
+            self.schedulers[oname] = build_scheduler(opt, total=s.steps, warmup=int(s.warmup), eta_min=eta_min,
+                                                     kind=s.schedule)
+            self.optimizers[oname] = accelerator.prepare(opt)
+            self.opt_params[oname] = params
+        self.emas = {n: EMA(ctx.raw[n], s.ema_rate) for n in ema_names} if s.ema_rate is not None else {}
+
+    def _restore(self, latest: Path) -> None:
+        """Continue from checkpoint `latest`: weights, EMA, optimizers, schedules, scaler, position, RNG."""
+        from accelerate.utils import set_seed
+
+        accelerator, ctx = self.accelerator, self.ctx
         state = ckpt.load_checkpoint(latest)
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{latest}: unknown checkpoint format {state.get('format')!r}")
-        for n in names:
+        for n in self.names:
             if n not in state["models"]:
                 raise CheckpointError(f"{latest}: no weights for model {n!r}")
             try:
                 ctx.raw[n].load_state_dict(state["models"][n])
             except RuntimeError as e:
                 raise CheckpointError(f"{latest}: model {n!r} does not match the config ({str(e).splitlines()[0]})") from None
-        for n, e in emas.items():
+        for n, e in self.emas.items():
             if n in state.get("ema", {}):
                 e.load_state_dict(state["ema"][n])
             else:
                 e.module.load_state_dict(ctx.raw[n].state_dict())
-        for oname, opt in optimizers.items():
+        for oname, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][oname])
-            schedulers[oname].load_state_dict(state["schedulers"][oname])
+            self.schedulers[oname].load_state_dict(state["schedulers"][oname])
         if accelerator.scaler is not None and state.get("scaler"):
             accelerator.scaler.load_state_dict(state["scaler"])
-        step, epoch, in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        self.step, self.epoch, self.in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         rngs = state.get("rng") or []
-        if len(rngs) == world:
+        if len(rngs) == self.world:
             ckpt.restore_rng(rngs[accelerator.process_index])
         else:
             # a different number of processes: the data order is still exact, random draws are not
-            set_seed(seed + 7919 * accelerator.process_index + step)
-            if accelerator.is_main_process and not quiet:
-                print(f"note: checkpoint saved with {len(rngs)} processes, resuming with {world}; RNG reseeded")
+            set_seed(self.seed + 7919 * accelerator.process_index + self.step)
+            if accelerator.is_main_process and not self.quiet:
+                print(f"note: checkpoint saved with {len(rngs)} processes, resuming with {self.world}; RNG reseeded")
         task_state = state.get("task")
-        if task_state is not None and hasattr(task, "load_state_dict"):
-            task.load_state_dict(task_state)
-        logger.resume_at(step)
-        del state
-    else:
-        # different random draws (noise, timesteps) per process, same on every fresh start
-        set_seed(seed + 7919 * accelerator.process_index)
+        if task_state is not None and hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(task_state)
+        self.logger.resume_at(self.step)
 
-    stop = s.steps if s.stop_at is None else min(int(s.stop_at), s.steps)
-
-    def save() -> Path | None:
+    # ------------------------------------------------------------------------ checkpoints, validation
+    def save(self) -> Path | None:
+        """A resumable checkpoint of the current step (every process takes part; rank 0 writes)."""
+        accelerator, world = self.accelerator, self.world
         rng = ckpt.capture_rng()
         if world > 1:
             gathered: list = [None] * world
@@ -399,30 +424,32 @@ def run_training(task: TrainTask, cfg: dict, *, resume: bool = True, quiet: bool
         if accelerator.is_main_process:
             state = {
                 "format": FORMAT,
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": in_epoch,
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.in_epoch,
                 "world_size": world,
-                "models": {n: {k: v.detach().cpu() for k, v in ctx.raw[n].state_dict().items()} for n in names},
-                "ema": {n: {k: v.cpu() for k, v in e.state_dict().items()} for n, e in emas.items()},
-                "optimizers": {o: opt.state_dict() for o, opt in optimizers.items()},
-                "schedulers": {o: sch.state_dict() for o, sch in schedulers.items()},
+                "models": {n: {k: v.detach().cpu() for k, v in self.ctx.raw[n].state_dict().items()} for n in self.names},
+                "ema": {n: {k: v.cpu() for k, v in e.state_dict().items()} for n, e in self.emas.items()},
+                "optimizers": {o: opt.state_dict() for o, opt in self.optimizers.items()},
+                "schedulers": {o: sch.state_dict() for o, sch in self.schedulers.items()},
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "rng": [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in r.items()} for r in rng_all],
-                "task": task.state_dict() if hasattr(task, "state_dict") else None,
-                "config": {k: v for k, v in cfg.items()},
+                "task": self.task.state_dict() if hasattr(self.task, "state_dict") else None,
+                "config": {k: v for k, v in self.cfg.items()},
             }
-            path = ckpt.save_checkpoint(state, ckpt_dir, step, keep=s.keep_last)
+            path = ckpt.save_checkpoint(state, self.ckpt_dir, self.step, keep=self.s.keep_last)
         accelerator.wait_for_everyone()
         return path
 
-    def eval_models() -> dict[str, nn.Module]:
-        return {n: (emas[n].module if n in emas else ctx.raw[n]) for n in names}
+    def eval_models(self) -> dict[str, nn.Module]:
+        """The models to validate and export: the EMA copy where there is one."""
+        return {n: (self.emas[n].module if n in self.emas else self.ctx.raw[n]) for n in self.names}
 
-    def validate() -> dict[str, float]:
+    def validate(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        ctx.step, ctx.epoch = step, epoch
-        if accelerator.is_main_process:
+        ctx = self.ctx
+        ctx.step, ctx.epoch = self.step, self.epoch
+        if self.accelerator.is_main_process:
             # validation may draw random numbers; keep the training stream untouched
             saved = ckpt.capture_rng()
             was_training = {n: m.training for n, m in ctx.raw.items()}
@@ -430,128 +457,154 @@ def run_training(task: TrainTask, cfg: dict, *, resume: bool = True, quiet: bool
                 m.eval()
             try:
                 with torch.no_grad():
-                    metrics = task.validate(ctx, eval_models()) or {}
+                    metrics = self.task.validate(ctx, self.eval_models()) or {}
             finally:
                 for n, m in ctx.raw.items():
                     m.train(was_training[n])
                 ckpt.restore_rng(saved)
             if metrics:
-                logger.log("val", step, metrics)
-        accelerator.wait_for_everyone()
+                self.logger.log("val", self.step, metrics)
+        self.accelerator.wait_for_everyone()
         return metrics
 
-    summary: dict[str, Any] = {"start_step": step}
-    last_logs: dict[str, float] = {}
-    last_val: dict[str, float] = {}
-    sums: dict[str, float] = {}
-    count = 0
-    t_last = time.perf_counter()
-    bar = tqdm(total=stop, initial=step, disable=quiet or not accelerator.is_main_process,
-               desc=f"train {out_dir.name}", dynamic_ncols=True)
-    all_prepared = list(ctx.models.values())
-    for m in all_prepared:
-        m.train()
-    last_saved = step if latest is not None else -1
+    # ------------------------------------------------------------------------ the loop
+    def _epoch_loader(self):
+        """The loader over this process's micro-batches of the current epoch, from `in_epoch` on."""
+        s = self.s
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        sampler = StepBatchSampler(
+            self.n_data, global_batch=s.batch_size, grad_accum=s.grad_accum, world=self.world,
+            rank=self.accelerator.process_index, seed=self.seed, epoch=self.epoch, start_step=self.in_epoch,
+            shuffle=s.shuffle)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=s.num_workers, collate_fn=self.task.collate,
+            worker_init_fn=_seed_worker if s.num_workers else None,
+            # own generator: creating an iterator must not draw from the global torch RNG
+            generator=torch.Generator().manual_seed(self.seed + self.epoch),
+            pin_memory=self.accelerator.device.type == "cuda")
 
-    stop_flag = _StopRequest()
-    stop_flag.install()
-    interrupted = False
-    try:
-        while step < stop:
-            if in_epoch >= spe:  # the dataset shrank since the checkpoint: go on with the next epoch
-                epoch, in_epoch = epoch + 1, 0
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            sampler = StepBatchSampler(
-                n_data, global_batch=s.batch_size, grad_accum=s.grad_accum, world=world,
-                rank=accelerator.process_index, seed=seed, epoch=epoch, start_step=in_epoch, shuffle=s.shuffle)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=sampler, num_workers=s.num_workers, collate_fn=task.collate,
-                worker_init_fn=_seed_worker if s.num_workers else None,
-                # own generator: creating an iterator must not draw from the global torch RNG
-                generator=torch.Generator().manual_seed(seed + epoch),
-                pin_memory=accelerator.device.type == "cuda")
-            for batch in loader:
-                batch = _to_device(batch, accelerator.device)
-                ctx.step, ctx.epoch = step, epoch
-                active = [o for o in optimizers if task.active(o, step)]
-                with accelerator.accumulate(*all_prepared):
-                    for oname in active:
-                        loss, logs = _loss_for(task, ctx, oname, batch, opt_specs, owner, accelerator)
-                        if not torch.isfinite(loss.detach()).all():
-                            raise FewstepError(f"loss {oname!r} is not finite at step {step}; lower train.lr or check the data")
-                        accelerator.backward(loss)
-                        for k, v in logs.items():
-                            sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
-                    if not accelerator.sync_gradients:
+    def _train_batch(self, batch: Any) -> bool:
+        """Forward/backward of one micro-batch; True when it completed an optimizer step."""
+        s, accelerator, ctx = self.s, self.accelerator, self.ctx
+        batch = _to_device(batch, accelerator.device)
+        ctx.step, ctx.epoch = self.step, self.epoch
+        active = [o for o in self.optimizers if self.task.active(o, self.step)]
+        with accelerator.accumulate(*self.all_prepared):
+            for oname in active:
+                loss, logs = _loss_for(self.task, ctx, oname, batch, self.opt_specs, self.owner, accelerator)
+                if not torch.isfinite(loss.detach()).all():
+                    raise FewstepError(f"loss {oname!r} is not finite at step {self.step}; lower train.lr or check the data")
+                accelerator.backward(loss)
+                for k, v in logs.items():
+                    self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.count += 1
+            if not accelerator.sync_gradients:
+                return False
+            # ---- optimizer step (all micro-batches of this step are accumulated)
+            for oname in active:
+                if s.clip_grad:
+                    gn = accelerator.clip_grad_norm_(self.opt_params[oname], float(s.clip_grad))
+                    self.sums[f"grad_norm_{oname}"] = self.sums.get(f"grad_norm_{oname}", 0.0) + float(gn) * s.grad_accum
+                self.optimizers[oname].step()
+            self.used_lr = float(next(iter(self.optimizers.values())).param_groups[0]["lr"])
+            with warnings.catch_warnings():
+                # a not-yet-active optimizer (a late discriminator) still follows the global schedule
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                for oname in self.optimizers:
+                    self.schedulers[oname].step()
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+        return True
+
+    def _after_step(self) -> None:
+        """EMA, counters, logs, and the periodic validation and checkpoint after an optimizer step."""
+        s = self.s
+        for n, e in self.emas.items():
+            e.update(self.ctx.raw[n])
+        self.step += 1
+        step_epoch = self.epoch
+        self.in_epoch += 1
+        if self.in_epoch >= self.spe:
+            self.epoch, self.in_epoch = self.epoch + 1, 0
+        self.bar.update(1)
+        step = self.step
+        if step % s.log_every == 0 or step == self.stop:
+            logs = _reduce_mean(self.accelerator, self.sums, self.count)
+            now = time.perf_counter()
+            logs["lr"] = self.used_lr  # the lr of this step's update (first optimizer)
+            logs["sec_per_step"] = (now - self.t_last) / max(self.count / s.grad_accum, 1)
+            logs["epoch"] = step_epoch  # the epoch this step's batch came from
+            self.t_last, self.sums, self.count = now, {}, 0
+            self.logger.log("train", step, logs)
+            self.last_logs = logs
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
+        t_pause = time.perf_counter()
+        if s.val_every and step % int(s.val_every) == 0 and step != self.stop:
+            self.last_val = self.validate() or self.last_val
+        if step % s.ckpt_every == 0 and step != self.stop:
+            self.save()
+            self.last_saved = step
+        self.t_last += time.perf_counter() - t_pause  # sec_per_step counts training only
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.steps`` (or ``stop_at``), checkpoint, validate, export; returns a summary."""
+        from tqdm.auto import tqdm
+
+        self._prepare()
+        accelerator = self.accelerator
+        summary: dict[str, Any] = {"start_step": self.step}
+        self.last_logs: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.t_last = time.perf_counter()
+        self.bar = tqdm(total=self.stop, initial=self.step, disable=self.quiet or not accelerator.is_main_process,
+                        desc=f"train {self.out_dir.name}", dynamic_ncols=True)
+        self.all_prepared = list(self.ctx.models.values())
+        for m in self.all_prepared:
+            m.train()
+        self.last_saved = self.step if self.latest is not None else -1
+
+        stop_flag = _StopRequest()
+        stop_flag.install()
+        interrupted = False
+        try:
+            while self.step < self.stop:
+                if self.in_epoch >= self.spe:  # the dataset shrank since the checkpoint: go on with the next epoch
+                    self.epoch, self.in_epoch = self.epoch + 1, 0
+                for batch in self._epoch_loader():
+                    if not self._train_batch(batch):
                         continue
-                    # ---- optimizer step (all micro-batches of this step are accumulated)
-                    for oname in active:
-                        if s.clip_grad:
-                            gn = accelerator.clip_grad_norm_(opt_params[oname], float(s.clip_grad))
-                            sums[f"grad_norm_{oname}"] = sums.get(f"grad_norm_{oname}", 0.0) + float(gn) * s.grad_accum
-                        optimizers[oname].step()
-                    used_lr = float(next(iter(optimizers.values())).param_groups[0]["lr"])
-                    with warnings.catch_warnings():
-                        # a not-yet-active optimizer (a late discriminator) still follows the global schedule
-                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                        for oname in optimizers:
-                            schedulers[oname].step()
-                    for opt in optimizers.values():
-                        opt.zero_grad(set_to_none=True)
-                for n, e in emas.items():
-                    e.update(ctx.raw[n])
-                step += 1
-                step_epoch = epoch
-                in_epoch += 1
-                if in_epoch >= spe:
-                    epoch, in_epoch = epoch + 1, 0
-                bar.update(1)
-
-                if step % s.log_every == 0 or step == stop:
-                    logs = _reduce_mean(accelerator, sums, count)
-                    now = time.perf_counter()
-                    logs["lr"] = used_lr  # the lr of this step's update (first optimizer)
-                    logs["sec_per_step"] = (now - t_last) / max(count / s.grad_accum, 1)
-                    logs["epoch"] = step_epoch  # the epoch this step's batch came from
-                    t_last, sums, count = now, {}, 0
-                    logger.log("train", step, logs)
-                    last_logs = logs
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
-                t_pause = time.perf_counter()
-                if s.val_every and step % int(s.val_every) == 0 and step != stop:
-                    last_val = validate() or last_val
-                if step % s.ckpt_every == 0 and step != stop:
-                    save()
-                    last_saved = step
-                t_last += time.perf_counter() - t_pause  # sec_per_step counts training only
-                if stop_flag.agreed(accelerator):
-                    interrupted = True
+                    self._after_step()
+                    if stop_flag.agreed(accelerator):
+                        interrupted = True
+                        break
+                    if self.step >= self.stop or self.in_epoch == 0:
+                        break  # a new epoch needs a new permutation (or we are done)
+                if interrupted:
                     break
-                if step >= stop or in_epoch == 0:
-                    break  # a new epoch needs a new permutation (or we are done)
-            if interrupted:
-                break
-    finally:
-        stop_flag.uninstall()
-        bar.close()
-    if interrupted and accelerator.is_main_process and not quiet:
-        print(f"stopping at step {step} (signal); rerun the same command to resume")
+        finally:
+            stop_flag.uninstall()
+            self.bar.close()
+        step = self.step
+        if interrupted and accelerator.is_main_process and not self.quiet:
+            print(f"stopping at step {step} (signal); rerun the same command to resume")
 
-    if last_saved != step:
-        summary["checkpoint"] = str(save() or "")
-    if not interrupted and (step > summary["start_step"] or latest is None):
-        last_val = validate() or last_val
-    ctx.step, ctx.epoch = step, epoch
-    if accelerator.is_main_process:
-        task.export(ctx, eval_models())
-    logger.flush()
-    logger.close()
-    accelerator.wait_for_everyone()
-    summary.update(step=step, epoch=epoch, interrupted=interrupted, out_dir=str(out_dir), train=last_logs, val=last_val,
-                   checkpoint=str(ckpt.latest_checkpoint(ckpt_dir) or ""))
-    return summary
+        if self.last_saved != step:
+            summary["checkpoint"] = str(self.save() or "")
+        if not interrupted and (step > summary["start_step"] or self.latest is None):
+            self.last_val = self.validate() or self.last_val
+        self.ctx.step, self.ctx.epoch = step, self.epoch
+        if accelerator.is_main_process:
+            self.task.export(self.ctx, self.eval_models())
+        self.logger.flush()
+        self.logger.close()
+        accelerator.wait_for_everyone()
+        summary.update(step=step, epoch=self.epoch, interrupted=interrupted, out_dir=str(self.out_dir),
+                       train=self.last_logs, val=self.last_val,
+                       checkpoint=str(ckpt.latest_checkpoint(self.ckpt_dir) or ""))
+        return summary
 
 
 class _StopRequest:
