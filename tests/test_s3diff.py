@@ -118,7 +118,9 @@ def test_tiled_small_case(pipe):
     c, meta, lr, out, inter = _run(pipe, "case_tiled_small")
     assert [list(o) for o in inter["tile_offsets"]] == meta["tile_offsets_yx_in_call_order"]
     assert list(inter["pad_hw"]) == meta["pad_hw"]
-    assert _maxabs(inter["tile_weights"], c["tile_weights"]) == 0.0
+    # float64 Gaussian: equal to the official table up to exp() rounding, which differs by a few ulp
+    # between numpy releases (2.4 vs the fixture's): 1.8e-15 seen; 1e-12 is still ~1000x below float32
+    assert _maxabs(inter["tile_weights"], c["tile_weights"]) <= 1e-12
     assert inter["tile_weights"].dtype == torch.float64
     for k in ("pos", "neg"):
         assert _maxabs(inter[f"eps_{k}"], c[f"tile_eps_{k}"]) <= 2e-4
@@ -137,7 +139,9 @@ def test_tiled96_case(pipe):
 
     c, meta, lr, out, inter = _run(pipe, "case_tiled96")
     assert [list(o) for o in inter["tile_offsets"]] == meta["tile_offsets_yx_in_call_order"]
-    assert _maxabs(inter["tile_weights"], c["tile_weights"]) == 0.0
+    # float64 Gaussian: equal to the official table up to exp() rounding, which differs by a few ulp
+    # between numpy releases (2.4 vs the fixture's): 1.8e-15 seen; 1e-12 is still ~1000x below float32
+    assert _maxabs(inter["tile_weights"], c["tile_weights"]) <= 1e-12
     assert _maxabs(inter["tile_eps_cfg"], c["tile_eps_cfg"]) <= 2e-4
     _check_latent_stages(c, inter)
     fixes = {m: color_fix(to_8bit(out), to_8bit(inter["lr_up"]), m) for m in ("wavelet", "adain")}
