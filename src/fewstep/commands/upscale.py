@@ -94,7 +94,7 @@ def _resolve_device(device: str) -> str:
 
 def _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps, opt, quiet):
     from .. import load
-    from ..evaluate import parse_model_spec
+    from ..options import parse_pairs
 
     # only options the user gave are passed, so a model that lacks one says so instead of
     # silently ignoring it
@@ -102,10 +102,10 @@ def _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps,
     if blend is not None:
         kwargs["blend"] = blend
     if opt:
-        kwargs.update(parse_model_spec("model:" + ",".join(opt))[1])
+        kwargs.update(parse_pairs(opt))
     t = _parse_tile(tile)
     if t != "auto":
-        kwargs["tile"] = t
+        kwargs["tile"] = t or 0  # 0: no tiling (None would mean "the model's default")
     if tile_overlap is not None:
         kwargs["overlap"] = tile_overlap
     if steps is not None:
