@@ -72,14 +72,13 @@ def coerce(model: str, opt: OptionSpec, value: Any, valid: str) -> Any:
         else:
             raise bad("must be true or false")
     elif t is int:
-        if isinstance(value, bool):
-            raise bad("must be an integer")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        try:
-            out = int(value) if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()) else None
-        except ValueError:
-            out = None
+        out = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            out = int(value)
         if out is None:
             raise bad("must be an integer")
     elif t is float:

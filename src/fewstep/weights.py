@@ -110,8 +110,8 @@ def missing_line(wf: WeightFile, weights_dir: str | Path | None = None) -> str:
     folder = Path(weights_dir) if weights_dir else cache_dir()
     if wf.hub_repo:
         return f"put {wf.filename} in {folder} (a diffusers-layout snapshot of the hub repo {wf.hub_repo})"
-    source = f"; it is published at {wf.url}" if wf.url else ""
-    return f"put {wf.filename} in {folder}{source}"
+    source = f" (it is published at {wf.url})" if wf.url else ""
+    return f"put {wf.name} in {folder}{source}"
 
 
 def resolve(wf: WeightFile, weights_dir: str | Path | None = None, *, download: bool = True,
@@ -136,8 +136,8 @@ def resolve(wf: WeightFile, weights_dir: str | Path | None = None, *, download: 
         except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
             reason = f"download from {wf.url} failed ({e.__class__.__name__}: {e})"
     elif wf.url or wf.hub_repo:
-        reason = "offline (FEWSTEP_OFFLINE/HF_HUB_OFFLINE)"
-    raise WeightsNotFoundError(f"weights not found: {missing_line(wf, weights_dir)} ({reason})")
+        reason = "not downloaded: offline (FEWSTEP_OFFLINE/HF_HUB_OFFLINE)"
+    raise WeightsNotFoundError(f"weights not found: {missing_line(wf, weights_dir)}; {reason}")
 
 
 def download_file(wf: WeightFile, folder: Path, *, quiet: bool = False, timeout: float = 30.0) -> Path:

