@@ -35,7 +35,7 @@ def parse_pairs(items: Iterable[str], *, where: str = "--opt") -> dict[str, Any]
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise FewstepError(f"{where}: options must be KEY=VALUE, got {item!r}")
+            raise FewstepError(f"{where}: options must be key=value, got {item!r}")
         opts[key.strip().replace("-", "_")] = parse_value(value.strip())
     return opts
 
