@@ -63,6 +63,13 @@ def test_local_folder_then_cache_then_download(tmp_path, server):
     assert resolve(wf, download=False) == got  # now found in the cache
 
 
+def test_download_into_a_given_folder(tmp_path, server):
+    wf = WeightFile("good.pth", server + "/good.pth", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    got = resolve(wf, tmp_path / "mine", into=tmp_path / "mine", quiet=True)
+    assert got == tmp_path / "mine" / "good.pth" and got.read_bytes() == PAYLOAD
+    assert not (cache_dir() / "good.pth").exists()
+
+
 def test_interrupted_download_leaves_no_weight_file(server):
     """Was: the error named the deleted `.part` file (FileNotFoundError) instead of the short read."""
     wf = WeightFile("truncated.pth", server + "/truncated.pth")

@@ -115,8 +115,10 @@ def missing_line(wf: WeightFile, weights_dir: str | Path | None = None) -> str:
 
 
 def resolve(wf: WeightFile, weights_dir: str | Path | None = None, *, download: bool = True,
-            quiet: bool = False) -> Path:
-    """Return a local path to `wf`, downloading it into the cache if allowed and possible."""
+            quiet: bool = False, into: str | Path | None = None) -> Path:
+    """Return a local path to `wf`, downloading it if allowed and possible: into `into` when given
+    (`fewstep weights download --weights DIR`), else the fewstep cache (hub folders: the Hugging
+    Face cache)."""
     found = find_local(wf, weights_dir)
     if found is not None:
         return found
@@ -127,12 +129,14 @@ def resolve(wf: WeightFile, weights_dir: str | Path | None = None, *, download: 
         try:
             from huggingface_hub import snapshot_download
 
+            if into is not None:
+                return Path(snapshot_download(wf.hub_repo, local_dir=Path(into) / wf.filename))
             return Path(snapshot_download(wf.hub_repo))
         except Exception as e:  # network and hub errors of all kinds
             reason = f"download of {wf.hub_repo} failed ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})"
     elif wf.url and download and not offline():
         try:
-            return download_file(wf, cache_dir(), quiet=quiet)
+            return download_file(wf, Path(into) if into is not None else cache_dir(), quiet=quiet)
         except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
             reason = f"download from {wf.url} failed ({e.__class__.__name__}: {e})"
     elif wf.url or wf.hub_repo:

@@ -39,6 +39,6 @@ def weights_command(
             raise FewstepError(f"download needs a model with published files: {', '.join(downloadable)}")
         for wf in get(name).weights:
             if not wf.bundled:
-                print(resolve(wf, weights))
+                print(resolve(wf, weights, into=weights))
     else:
         raise FewstepError(f"unknown action {action!r} (use list, where or download)")
