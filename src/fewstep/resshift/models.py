@@ -19,10 +19,10 @@ OPTIONS = (
     OptionSpec("tile_batch", int, 1, "tiles per network call (faster on GPUs, same output)", min=1),
 )
 DTYPES = ("fp32", "bf16", "fp16")
-# Mean absolute difference between two tile layouts of one image. Noise is seeded per tile
-# position and overlaps are blended, so layouts differ only near seams; measured <= 0.03 on the
-# contract images (tests/test_contract.py) with tiny random stand-in networks.
-TILE_TOLERANCE = 0.05
+# Mean absolute difference (in [0, 1]) between two tile layouts of one image. Noise is seeded per
+# tile position and overlaps are blended, so layouts differ only near seams: fewstep-small gives
+# 0.0076 on the contract image cut into 16-pixel tiles with 8 overlap (tests/test_contract.py).
+TILE_TOLERANCE = 0.02
 _TASKS = {"realsr": "sr", "bicsr": "sr", "inpaint": "inpaint", "faceir": "face"}
 
 
