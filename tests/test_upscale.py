@@ -160,7 +160,8 @@ def test_default_model_is_bundled_and_works_offline(tmp_path, monkeypatch):
     # pointing the bundled model at a folder without its files names the missing file
     r = _run_cli("upscale", img, "-o", tmp_path / "o2", "--weights", tmp_path / "w", "--quiet")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "weights not found: fewstep_model.json of fewstep-small" in r.stderr.strip().splitlines()[-1]
+    assert f"weights not found: put fewstep_model.json (and the files it names) in {tmp_path / 'w'}" in \
+        r.stderr.strip().splitlines()[-1]
 
 
 def test_unknown_model_and_missing_input_are_one_line_errors(tmp_path):

@@ -66,11 +66,23 @@ def test_local_folder_then_cache_then_download(tmp_path, server):
     assert resolve(wf, download=False) == got  # now found in the cache
 
 
+def test_download_into_a_given_folder(tmp_path, server):
+    wf = WeightFile("good.pth", server + "/good.pth", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    got = resolve(wf, tmp_path / "mine", into=tmp_path / "mine", quiet=True)
+    assert got == tmp_path / "mine" / "good.pth" and got.read_bytes() == PAYLOAD
+    assert not (cache_dir() / "good.pth").exists()
+
+
 def test_interrupted_download_leaves_no_weight_file(server):
+    """Was: the error named the deleted `.part` file (FileNotFoundError) instead of the short read."""
     wf = WeightFile("truncated.pth", server + "/truncated.pth")
-    with pytest.raises(WeightsNotFoundError, match="put truncated.pth in .*download from .* failed"):
+    with pytest.raises(WeightsNotFoundError) as e:
         resolve(wf, quiet=True)
-    assert not (cache_dir() / "truncated.pth").exists()
+    msg = str(e.value)
+    assert msg.startswith(f"weights not found: put truncated.pth in {cache_dir()}")
+    assert f"incomplete download of truncated.pth: {len(PAYLOAD) // 2} of {len(PAYLOAD)} bytes" in msg
+    assert "FileNotFoundError" not in msg and ".part" not in msg
+    assert not (cache_dir() / "truncated.pth").exists() and not list(cache_dir().glob("*.part"))
 
 
 def test_checksum_mismatch_is_rejected(server):
@@ -98,3 +110,58 @@ def test_release_aliases_are_found(tmp_path):
     assert wf.url.endswith("/v2.0/resshift_inpainting_imagenet_s4.pth")
     (tmp_path / "resshift_inpainting_imagenet_s4.pth").write_bytes(b"x")  # saved under the URL's name
     assert resolve(wf, tmp_path, download=False) == tmp_path / "resshift_inpainting_imagenet_s4.pth"
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("yes", True), ("0", False), ("", False),
+                                             ("false", False), ("off", False)])
+def test_one_meaning_of_the_offline_switch(monkeypatch, value, offline):
+    from fewstep import weights
+
+    monkeypatch.setenv("FEWSTEP_OFFLINE", value)
+    assert weights.offline() is offline
+    monkeypatch.setenv("FEWSTEP_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert weights.offline() is offline
+
+
+def test_offline_switch_zero_means_online(server, monkeypatch):
+    """FEWSTEP_OFFLINE=0 must not block downloads (it used to in the S3Diff SD-Turbo path)."""
+    monkeypatch.setenv("FEWSTEP_OFFLINE", "0")
+    wf = WeightFile("good.pth", server + "/good.pth", sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    assert resolve(wf, quiet=True).read_bytes() == PAYLOAD
+
+
+def test_hub_folder_offline_says_put_folder_in_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEWSTEP_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    wf = WeightFile("sd-turbo", hub_repo="stabilityai/sd-turbo")
+    with pytest.raises(WeightsNotFoundError) as e:
+        resolve(wf, tmp_path / "w")
+    assert str(e.value).startswith(f"weights not found: put sd-turbo in {tmp_path / 'w'} ")
+    assert "stabilityai/sd-turbo" in str(e.value)
+    (tmp_path / "w" / "sd-turbo").mkdir(parents=True)  # a folder in --weights is found
+    assert resolve(wf, tmp_path / "w") == tmp_path / "w" / "sd-turbo"
+
+
+def test_weights_list_shows_every_file_of_every_model(tmp_path):
+    """Was: `fewstep weights list` did not list S3Diff's files."""
+    import subprocess
+    import sys
+
+    from fewstep import registry
+
+    r = subprocess.run([sys.executable, "-m", "fewstep.cli", "weights", "list", "--weights", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for name in ("s3diff.pkl", "de_net.pth", "sd-turbo", "stabilityai/sd-turbo", "resshift_realsrx4_s4_v3.pth"):
+        assert name in out
+    for name, spec in registry.models().items():
+        assert f"\n{name} " in "\n" + out
+        for wf in spec.weights:
+            assert wf.name in out
+    (tmp_path / "s3diff.pkl").write_bytes(b"x")
+    r = subprocess.run([sys.executable, "-m", "fewstep.cli", "weights", "list", "s3diff", "--weights", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert f"ok      s3diff.pkl  ({tmp_path / 's3diff.pkl'})" in r.stdout
+    assert "missing de_net.pth" in r.stdout and "color_fix=wavelet" in r.stdout

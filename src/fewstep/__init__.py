@@ -3,6 +3,8 @@
     import fewstep
     up = fewstep.load("fewstep-small")
     out = up.upscale(rgb_uint8_array, seed=0)
+
+Models and their options: `fewstep.registry` (``fewstep.registry.models()``).
 """
 
 from .errors import FewstepError

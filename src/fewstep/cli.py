@@ -7,7 +7,6 @@ so `fewstep --help` stays fast. Every `FewstepError` is printed as one line, wit
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
@@ -32,15 +31,12 @@ _COMMANDS: dict[str, str] = {
 
 
 def _register_commands() -> None:
+    from .registry import resolve_object
+
     for name, target in _COMMANDS.items():
-        module_name, func_name = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name and module_name.startswith(e.name):
-                continue  # that subsystem is not part of this build
-            raise
-        app.command(name)(getattr(module, func_name))
+        fn = resolve_object(target, what=f"command {name!r}", optional=True)
+        if fn is not None:  # None: that subsystem is not part of this build
+            app.command(name)(fn)
 
 
 _register_commands()

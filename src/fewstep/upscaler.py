@@ -1,16 +1,12 @@
 """The one object every model presents to the CLI, the evaluator and the Python API.
 
 An `Upscaler` turns a low-resolution RGB image in [0, 1] into a restored image in [0, 1].
-Models register a factory under a name (``fewstep.load(name)``); the factory is imported lazily,
-so that ``import fewstep`` stays cheap and optional dependencies (diffusers, ...) are only needed
-by the models that use them.
+Models are described in `fewstep.registry` (``fewstep.load(name)`` builds one).
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .errors import FewstepError
 
@@ -167,88 +163,15 @@ def _to_unit_tensor(image, value_range):
     return x, back
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """A registered model: how to build it and a one-line description for `fewstep weights`."""
+def available() -> dict:
+    """Registered models by name (thin wrapper over `fewstep.registry.models`)."""
+    from .registry import models
 
-    name: str
-    factory: str  # "module.path:function" -> function(**kwargs) -> Upscaler
-    description: str
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register(name: str, factory: str, description: str) -> None:
-    _REGISTRY[name] = ModelEntry(name, factory, description)
-
-
-def available() -> dict[str, ModelEntry]:
-    _register_builtin()
-    return dict(_REGISTRY)
+    return models()
 
 
 def load(name: str, **kwargs) -> Upscaler:
-    """Build the registered model `name` (kwargs: weights=DIR, device=..., dtype=..., ...).
+    """Build a registered model or a model folder (thin wrapper over `fewstep.registry.load`)."""
+    from .registry import load as _load
 
-    `name` may also be a model folder (one holding `fewstep_model.json`), e.g. a trained export.
-    """
-    from pathlib import Path
-
-    if (Path(name) / "fewstep_model.json").is_file():
-        # resolved by name like every model factory, so this module (which the models import for
-        # `Upscaler`) imports no model module back
-        return _resolve(FOLDER_LOADER)(name, **kwargs)
-    entries = available()
-    if name not in entries:
-        raise FewstepError(f"unknown model {name!r}; available: {', '.join(sorted(entries))}")
-    factory: Callable[..., Upscaler] = _resolve(entries[name].factory)
-    return factory(name=name, **_accepted_options(name, factory, kwargs))
-
-
-FOLDER_LOADER = "fewstep.model_folder:load_folder"  # builds a model folder (fewstep_model.json)
-
-
-def _resolve(target: str) -> Callable:
-    """"module.path:function" -> the function."""
-    module_name, func_name = target.split(":")
-    return getattr(importlib.import_module(module_name), func_name)
-
-
-# Options every caller may pass; a model that has no use for them simply does not get them.
-_GENERIC_OPTIONS = {"quiet", "weights", "device", "dtype", "steps"}
-
-
-def _accepted_options(name: str, factory: Callable, kwargs: dict) -> dict:
-    """Check `kwargs` against the factory's signature: generic options it does not take are
-    dropped, any other unknown option is a one-line error listing the ones it has."""
-    import inspect
-
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    unknown = sorted(k for k in kwargs if k not in params and k not in _GENERIC_OPTIONS)
-    if unknown:
-        options = ", ".join(k for k in params if k != "name")
-        raise FewstepError(f"model {name!r} has no option {', '.join(unknown)} (options: {options})")
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
-_BUILTIN_DONE = False
-
-
-def _register_builtin() -> None:
-    """Each subsystem lists its models in a `MODELS` table in its `models.py`; read them once."""
-    global _BUILTIN_DONE
-    if _BUILTIN_DONE:
-        return
-    _BUILTIN_DONE = True
-    for pkg in ("fewstep.baselines", "fewstep.resshift", "fewstep.s3diff", "fewstep.skipdiff"):
-        try:
-            mod = importlib.import_module(pkg + ".models")
-        except ModuleNotFoundError as e:  # subsystem not present yet / optional
-            if e.name and e.name.startswith(pkg):
-                continue
-            raise
-        for name, factory, description in mod.MODELS:
-            register(name, factory, description)
+    return _load(name, **kwargs)

@@ -3,9 +3,11 @@
 Resolution order for a file named FILE:
   1. ``weights_dir/FILE`` when the caller gives a folder (``--weights DIR``);
   2. ``$FEWSTEP_HOME/weights/FILE`` (default ``~/.cache/fewstep/weights``);
-  3. download from the file's URL into (2) — only when ``download=True`` and ``FEWSTEP_OFFLINE``
-     is not set. The download goes to ``FILE.part`` and is renamed only once complete (and its
-     sha256 checked when known), so an interrupted download never leaves a truncated weight file.
+  3. download from the file's URL into (2) — only when ``download=True`` and `offline()` is false.
+     The download goes to ``FILE.part`` and is renamed only once complete (and its sha256 checked
+     when known), so an interrupted download never leaves a truncated weight file.
+Hub folders (``WeightFile.hub_repo``, e.g. SD-Turbo) are found as ``DIR/NAME`` or ``cache/NAME``,
+else in the Hugging Face cache, else fetched with ``huggingface_hub.snapshot_download`` when online.
 If all fail, `WeightsNotFoundError` says which file is missing and which folder to put it in.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -25,12 +26,36 @@ from .errors import WeightsNotFoundError
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A released weight file: its canonical local name and where it is published."""
+    """One file (or hub folder) a model needs; `fewstep.registry.WeightFile` is this class.
+
+    filename: canonical local name ("resshift_realsrx4_s4_v3.pth", or "sd-turbo" for a folder);
+    url: release URL (None when unpublished); sha256/size: of the released file, when known;
+    hub_repo: a Hugging Face repo whose snapshot is this folder; bundled: ships inside the package
+    (then `filename` is relative to the fewstep package folder); aliases: other names users may
+    have saved it under (e.g. the name in the release URL).
+    """
 
     filename: str
     url: str | None = None
     sha256: str | None = None
-    aliases: tuple[str, ...] = ()  # other names users may have saved it under
+    size: int | None = None
+    hub_repo: str | None = None
+    bundled: bool = False
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The file's base name (bundled files carry a package-relative path in `filename`)."""
+        return Path(self.filename).name
+
+
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def offline() -> bool:
+    """The one meaning of the offline switch: FEWSTEP_OFFLINE or HF_HUB_OFFLINE set to anything
+    but empty/0/false/no/off means no network access for weights."""
+    return any(os.environ.get(v, "").strip().lower() not in _FALSE for v in ("FEWSTEP_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def fewstep_home() -> Path:
@@ -41,62 +66,120 @@ def cache_dir() -> Path:
     return fewstep_home() / "weights"
 
 
-def _offline() -> bool:
-    return os.environ.get("FEWSTEP_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+def package_dir() -> Path:
+    """The installed fewstep package folder (bundled weight files are relative to it)."""
+    return Path(__file__).resolve().parent
 
 
 def find_local(wf: WeightFile, weights_dir: str | Path | None = None) -> Path | None:
+    """The local copy of `wf` (a file, or a folder for hub folders), or None."""
+    if wf.bundled:
+        if weights_dir is not None:  # a user's folder replaces the bundled copy
+            p = Path(weights_dir) / wf.name
+            return p if p.exists() else None
+        p = package_dir() / wf.filename
+        return p if p.exists() else None
     folders = ([Path(weights_dir)] if weights_dir else []) + [cache_dir()]
     for folder in folders:
         for name in (wf.filename, *wf.aliases):
             p = folder / name
-            if p.is_file():
+            if (p.is_dir() if wf.hub_repo else p.is_file()):
                 return p
+    if wf.hub_repo:
+        return _hub_cached(wf.hub_repo)
     return None
 
 
+def _hub_cached(repo: str) -> Path | None:
+    """The snapshot of `repo` already in the Hugging Face cache, without touching the network."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # not cached (huggingface_hub raises several error types for that)
+        return None
+
+
+def missing_line(wf: WeightFile, weights_dir: str | Path | None = None) -> str:
+    """ "put FILE in DIR" for `wf` (plus where it is published)."""
+    if wf.bundled and weights_dir is None:
+        where = (package_dir() / wf.filename).parent
+        return f"put {wf.name} in {where} (it ships with fewstep: reinstall the package)"
+    folder = Path(weights_dir) if weights_dir else cache_dir()
+    if wf.hub_repo:
+        return f"put {wf.filename} in {folder} (a diffusers-layout snapshot of the hub repo {wf.hub_repo})"
+    source = f" (it is published at {wf.url})" if wf.url else ""
+    return f"put {wf.name} in {folder}{source}"
+
+
 def resolve(wf: WeightFile, weights_dir: str | Path | None = None, *, download: bool = True,
-            quiet: bool = False) -> Path:
-    """Return a local path to `wf`, downloading it into the cache if allowed and possible."""
+            quiet: bool = False, into: str | Path | None = None) -> Path:
+    """Return a local path to `wf`, downloading it if allowed and possible: into `into` when given
+    (`fewstep weights download --weights DIR`), else the fewstep cache (hub folders: the Hugging
+    Face cache)."""
     found = find_local(wf, weights_dir)
     if found is not None:
         if wf.sha256:  # a known release hash: a corrupt or wrong local file is named, not loaded
             verify_sha256(found, wf.sha256)
         return found
-    target_dir = Path(weights_dir) if weights_dir else cache_dir()
-    reason = "no URL is known for it"
-    if wf.url and download and not _offline():
+    reason = "no download source is known for it"
+    if wf.bundled:
+        reason = "it is bundled with fewstep"
+    elif wf.hub_repo and download and not offline():
         try:
-            return download_file(wf, cache_dir(), quiet=quiet)
+            from huggingface_hub import snapshot_download
+
+            if into is not None:
+                return Path(snapshot_download(wf.hub_repo, local_dir=Path(into) / wf.filename))
+            return Path(snapshot_download(wf.hub_repo))
+        except Exception as e:  # network and hub errors of all kinds
+            reason = f"download of {wf.hub_repo} failed ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})"
+    elif wf.url and download and not offline():
+        try:
+            return download_file(wf, Path(into) if into is not None else cache_dir(), quiet=quiet)
         except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
             reason = f"download from {wf.url} failed ({e.__class__.__name__}: {e})"
-    elif wf.url:
-        reason = f"offline; it is published at {wf.url}"
-    raise WeightsNotFoundError(f"weights not found: put {wf.filename} in {target_dir} ({reason})")
+    elif wf.url or wf.hub_repo:
+        reason = "not downloaded: offline (FEWSTEP_OFFLINE/HF_HUB_OFFLINE)"
+    raise WeightsNotFoundError(f"weights not found: {missing_line(wf, weights_dir)}; {reason}")
 
 
 def download_file(wf: WeightFile, folder: Path, *, quiet: bool = False, timeout: float = 30.0) -> Path:
-    """Download `wf.url` to `folder/wf.filename` via a `.part` file; verify sha256 when known."""
+    """Download `wf.url` to `folder/wf.filename` via a `.part` file; verify size and sha256 when known.
+
+    Hand-written on urllib (no extra dependency): the checks that matter are the byte count
+    (servers that hang up early) and the hash; a failed download leaves no file behind."""
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / wf.filename
     part = folder / (wf.filename + ".part")
     digest = hashlib.sha256()
-    with urllib.request.urlopen(wf.url, timeout=timeout) as response, open(part, "wb") as fh:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=wf.filename, disable=quiet) as bar:
-            while chunk := response.read(1 << 20):
-                fh.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    if total is not None and part.stat().st_size != total:
+    received = 0
+    total = None
+    try:
+        with urllib.request.urlopen(wf.url, timeout=timeout) as response, open(part, "wb") as fh:
+            total = int(response.headers.get("Content-Length") or 0) or wf.size
+            with tqdm(total=total, unit="B", unit_scale=True, desc=wf.filename, disable=quiet) as bar:
+                while chunk := response.read(1 << 20):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except http.client.IncompleteRead:
+        pass  # reported below with the byte counts
+    except BaseException:
         part.unlink(missing_ok=True)
-        raise OSError(f"incomplete download of {wf.filename}: {part.stat().st_size} of {total} bytes")
+        raise
+    if total is not None and received != total:
+        part.unlink(missing_ok=True)
+        raise OSError(f"incomplete download of {wf.filename}: {received} of {total} bytes")
     if wf.sha256 and digest.hexdigest() != wf.sha256:
         part.unlink(missing_ok=True)
-        raise OSError(f"checksum mismatch for {wf.filename}")
-    shutil.move(part, final)
+        raise OSError(f"checksum mismatch for {wf.filename} (sha256 {digest.hexdigest()}, expected {wf.sha256})")
+    os.replace(part, final)
     return final
 
 

@@ -47,12 +47,12 @@ class MatlabBicubicUpscaler(BicubicUpscaler):
         return y.to(torch.float32).clamp_(0, 1)
 
 
-def bicubic(name: str = "bicubic", weights=None, device: str = "cpu", dtype: str = "fp32", scale: int = 4,
-            steps: int | None = None) -> BicubicUpscaler:
-    """Registry factory (weights/dtype/steps do not apply to interpolation and are ignored)."""
+def bicubic(name: str = "bicubic", weights=None, device: str = "cpu", dtype: str = "fp32", quiet: bool = True,
+            scale: int = 4) -> BicubicUpscaler:
+    """Registry factory (weights/dtype/quiet do not apply to interpolation and are ignored)."""
     return BicubicUpscaler(scale=scale, name=name, device=device)
 
 
 def bicubic_matlab(name: str = "bicubic-matlab", weights=None, device: str = "cpu", dtype: str = "fp32",
-                   scale: int = 4, steps: int | None = None) -> MatlabBicubicUpscaler:
+                   quiet: bool = True, scale: int = 4) -> MatlabBicubicUpscaler:
     return MatlabBicubicUpscaler(scale=scale, name=name, device=device)

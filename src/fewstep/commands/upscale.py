@@ -194,7 +194,7 @@ def _check_model_tiling(up, tile, tile_overlap) -> None:
 
 def _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps, opt, quiet):
     from .. import load
-    from ..eval.run import parse_model_spec
+    from ..options import parse_pairs
 
     # only options the user gave are passed, so a model that lacks one says so instead of
     # silently ignoring it
@@ -202,9 +202,9 @@ def _load_model(model, weights, device, dtype, tile, tile_overlap, blend, steps,
     if blend is not None:
         kwargs["blend"] = blend
     if opt:
-        kwargs.update(parse_model_spec("model:" + ",".join(opt))[1])
-    if tile != "auto":
-        kwargs["tile"] = tile
+        kwargs.update(parse_pairs(opt))
+    if tile != "auto":  # already parsed by validate_options
+        kwargs["tile"] = tile or 0  # 0: no tiling (None would mean "the model's default")
     if tile_overlap is not None:
         kwargs["overlap"] = tile_overlap
     if steps is not None:

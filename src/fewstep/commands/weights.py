@@ -1,4 +1,4 @@
-"""`fewstep weights`: list the models, where their files go, and fetch them when online."""
+"""`fewstep weights`: list the models, their files and options, show the cache folder, download."""
 
 from __future__ import annotations
 
@@ -10,38 +10,35 @@ import typer
 
 def weights_command(
     action: str = typer.Argument("list", help="list | where | download"),
-    name: Optional[str] = typer.Argument(None, help="Model name (for download)."),
+    name: Optional[str] = typer.Argument(None, help="Model name (for download; for list: show one model)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder to look in / download into."),
 ) -> None:
-    """List models and their weight files, show the cache folder, or download a model's files."""
+    """List models with their weight files and options, show the cache folder, or download a model's files."""
     from ..errors import FewstepError
-    from ..upscaler import available
+    from ..registry import get, models
     from ..weights import cache_dir, find_local, resolve
 
-    files = _weight_files()
     if action == "where":
         print(weights or cache_dir())
     elif action == "list":
-        for model, entry in sorted(available().items()):
-            print(f"{model:20s} {entry.description}")
-            if model == "fewstep-small":
-                from ..resshift.models import small_model_dir
-
-                print(f"    bundled {small_model_dir()}")
-            for wf in files.get(model, []):
+        specs = [get(name)] if name else [s for _, s in sorted(models().items())]
+        for spec in specs:
+            print(f"{spec.name:20s} {spec.description}")
+            for wf in spec.weights:
                 local = find_local(wf, weights)
-                print(f"    {'ok     ' if local else 'missing'} {wf.filename}" + (f"  ({local})" if local else f"  <- {wf.url}"))
+                kind = "bundled" if wf.bundled else ("ok     " if local else "missing")
+                if local:
+                    print(f"    {kind} {wf.name}  ({local})")
+                else:
+                    print(f"    {kind} {wf.name}  <- {wf.url or wf.hub_repo or 'no public source'}")
+            if spec.options:
+                print("    options: " + ", ".join(f"{o.name}={o.default}" for o in spec.options))
     elif action == "download":
-        if not name or name not in files:
-            raise FewstepError(f"download needs a model with release files: {', '.join(sorted(files))}")
-        for wf in files[name]:
-            print(resolve(wf, weights))
+        downloadable = sorted(n for n, s in models().items() if any(w.url or w.hub_repo for w in s.weights))
+        if not name or name not in downloadable:
+            raise FewstepError(f"download needs a model with published files: {', '.join(downloadable)}")
+        for wf in get(name).weights:
+            if not wf.bundled:
+                print(resolve(wf, weights, into=weights))
     else:
         raise FewstepError(f"unknown action {action!r} (use list, where or download)")
-
-
-def _weight_files() -> dict:
-    """Model name -> its WeightFiles, for the models whose files are published."""
-    from ..resshift.presets import PRESETS, VQ_FILES
-
-    return {name: [p["unet_file"], VQ_FILES[p["vq"]][0]] for name, p in PRESETS.items()}

@@ -10,38 +10,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import FewstepError
+from ..options import parse_model_spec  # KEY=VALUE parsing: one home for the CLI, eval and the API
 from .datasets import _as_dataset, list_images, load_pair
 from .report import NOTE_COLUMN, _pd_plot, _PerImageTable, _summarise, _summary_markdown, _write_report, _write_summary_csv
-
-
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """"name" or "name:key=value[,key=value...]" -> (name, kwargs) (':' also separates options)."""
-    name, _, rest = spec.partition(":")
-    opts: dict[str, Any] = {}
-    for item in rest.replace(":", ",").split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise FewstepError(f"--model {spec}: options must be key=value, got {item!r}")
-        opts[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    if not name:
-        raise FewstepError(f"--model {spec!r}: missing model name")
-    return name, opts
 
 
 def _load_model(spec, *, weights, device: str, steps: int | None):

@@ -1,15 +1,69 @@
-"""Registry entries for the ResShift models (`fewstep.load(name)`)."""
+"""Registry entries for the ResShift models (`fewstep.load(name)`), and their factories."""
 
 from __future__ import annotations
 
-from .presets import PRESETS
-
-MODELS = [
-    ("fewstep-small", "fewstep.resshift.models:load_small",
-     "fewstep's own small ResShift (x4, 4 steps), trained on CPU on the shared photos; ships inside the package"),
-] + [(name, "fewstep.resshift.models:load_preset", p["description"]) for name, p in PRESETS.items()]
+from ..model_folder import MODEL_CARD  # the one definition of the card name
+from ..registry import ModelSpec, OptionSpec
+from ..weights import WeightFile
+from .presets import PRESETS, VQ_FILES
 
 SMALL_MODEL_DIR = ("data", "models", "fewstep-small")  # inside the fewstep package
+
+# The options every ResShift model takes (also model folders, `fewstep.load(FOLDER)`).
+OPTIONS = (
+    OptionSpec("steps", int, None, "sampling steps, respaced from the trained chain (None: all of them)", min=1),
+    OptionSpec("tile", int, None, "tile size in LR pixels; 0: no tiling; None: the model's default_tile", min=0),
+    OptionSpec("overlap", int, None, "tile overlap in LR pixels (None: the model's)", min=0),
+    OptionSpec("blend", str, "gaussian", "tile blending: gaussian (seamless) or uniform (official ResShift)",
+               choices=("gaussian", "uniform")),
+    OptionSpec("tile_batch", int, 1, "tiles per network call (faster on GPUs, same output)", min=1),
+)
+DTYPES = ("fp32", "bf16", "fp16")
+# Mean absolute difference (in [0, 1]) between two tile layouts of one image. Noise is seeded per
+# tile position and overlaps are blended, so layouts differ only near seams: fewstep-small gives
+# 0.0076 on the contract image cut into 16-pixel tiles with 8 overlap (tests/test_contract.py).
+TILE_TOLERANCE = 0.02
+_TASKS = {"realsr": "sr", "bicsr": "sr", "inpaint": "inpaint", "faceir": "face"}
+
+
+def _small_file(name: str, sha256: str | None = None) -> WeightFile:
+    return WeightFile("/".join(SMALL_MODEL_DIR + (name,)), sha256=sha256, bundled=True)
+
+
+MODELS = (
+    ModelSpec("fewstep-small", "sr", 4,
+              "fewstep's own small ResShift (x4, 4 steps), trained on CPU on the shared photos; ships inside the package",
+              "fewstep.resshift.models:load_small",
+              weights=(_small_file(MODEL_CARD),
+                       _small_file("unet.safetensors", "117d44c73ecdfd94068a8109967cee58a4351142eca4e9e726047086b6776ce3"),
+                       _small_file("autoencoder.safetensors",
+                                   "706c4b2bfbd03eb46bfc37f3fe49ad3635c78e30a386afa692065a8516f721da")),
+              options=OPTIONS, dtypes=DTYPES, default_tile=256, tile_tolerance=TILE_TOLERANCE),
+) + tuple(
+    ModelSpec(name, _TASKS[p["task"]], p["scale"], p["description"], "fewstep.resshift.models:load_preset",
+              weights=(p["unet_file"], VQ_FILES[p["vq"]][0]), options=OPTIONS, dtypes=DTYPES,
+              default_tile=p["tile"], tile_tolerance=TILE_TOLERANCE)
+    for name, p in PRESETS.items()
+)
+
+
+def folder_spec(folder) -> ModelSpec:
+    """The spec of a model folder (`fewstep_model.json` + weight files), e.g. a trainer's export."""
+    import json
+    from pathlib import Path
+
+    from ..errors import FewstepError
+
+    card_path = Path(folder) / MODEL_CARD
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FewstepError(f"{card_path}: invalid JSON ({e})") from None
+    if not isinstance(card, dict):
+        raise FewstepError(f"{card_path}: expected a JSON object")
+    return ModelSpec(str(card.get("name", Path(folder).name)), _TASKS.get(card.get("task"), card.get("task", "sr")),
+                     int(card.get("scale", 4)), f"model folder {folder}", "fewstep.resshift.models:load_folder",
+                     options=OPTIONS, dtypes=DTYPES, default_tile=card.get("tile", 256), tile_tolerance=TILE_TOLERANCE)
 
 
 def build_upscaler(unet, vq, chain_cfg: dict, *, scale: int, name: str, device="cpu", dtype="fp32",
@@ -27,12 +81,11 @@ def build_upscaler(unet, vq, chain_cfg: dict, *, scale: int, name: str, device="
 
 def load_preset(name: str, weights=None, device="cpu", dtype="fp32", tile: int | None = None,
                 overlap: int | None = None, blend: str = "gaussian", tile_batch: int = 1, quiet: bool = True,
-                download: bool = True, steps: int | None = None, **unused):
+                download: bool = True, steps: int | None = None):
     """A released ResShift model. Weight files are looked up in `weights` (a folder), then the
     fewstep cache, then downloaded from the official release when online."""
     from ..weights import resolve
     from .checkpoint import load_unet, load_vq
-    from .presets import VQ_FILES
 
     p = PRESETS[name]
     vq_file, vq_cfg = VQ_FILES[p["vq"]]
@@ -43,9 +96,6 @@ def load_preset(name: str, weights=None, device="cpu", dtype="fp32", tile: int |
     return build_upscaler(unet, vq, p["chain"], scale=p["scale"], name=name, device=device, dtype=dtype,
                           tile=p["tile"] if tile is None else tile, overlap=p["overlap"] if overlap is None else overlap,
                           blend=blend, tile_batch=tile_batch, needs_mask=p["task"] == "inpaint", quiet=quiet, steps=steps)
-
-
-from ..model_folder import MODEL_CARD  # noqa: E402  (the one definition of the card name)
 
 
 def small_model_dir():
@@ -59,20 +109,20 @@ def load_small(name: str = "fewstep-small", weights=None, **kwargs):
     """The bundled `fewstep-small` (or the same model from `weights`, a folder holding its files)."""
     from pathlib import Path
 
-    from ..errors import FewstepError
-
     folder = Path(weights) if weights is not None else small_model_dir()
     if not (folder / MODEL_CARD).is_file():
-        where = "the installed package" if weights is None else str(folder)
-        raise FewstepError(f"weights not found: {MODEL_CARD} of {name} is missing from {where} ({folder}); "
-                           "reinstall fewstep, or retrain it: fewstep train configs/autoencoder_small.yaml, "
-                           "then configs/resshift_small.yaml, then scripts/package_fewstep_small.py")
+        from ..errors import WeightsNotFoundError
+
+        how = "reinstall fewstep, or retrain it" if weights is None else "or drop --weights to use the bundled copy; retrain"
+        raise WeightsNotFoundError(f"weights not found: put {MODEL_CARD} (and the files it names) in {folder} ({how}: "
+                                   "fewstep train configs/autoencoder_small.yaml, then configs/resshift_small.yaml, "
+                                   "then scripts/package_fewstep_small.py)")
     return load_folder(folder, name=name, **kwargs)
 
 
 def load_folder(folder, weights=None, device="cpu", dtype="fp32", tile: int | None = None, overlap: int | None = None,
                 blend: str = "gaussian", tile_batch: int = 1, quiet: bool = True, steps: int | None = None,
-                name: str | None = None, **unused):
+                name: str | None = None):
     """A ResShift model saved as a folder: `fewstep_model.json` (configs, as plain data) plus the
     UNet and VQ weight files it names (.safetensors or .pth, any released layout)."""
     import json

@@ -313,9 +313,9 @@ def resolve_sd_turbo(src: str | Path) -> str:
         return str(p)
     s = str(src)
     if s.count("/") == 1 and not p.exists() and not s.startswith((".", "/")):
-        import os
+        from ..weights import offline
 
-        if os.environ.get("FEWSTEP_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
+        if offline():
             raise WeightsNotFoundError(f"weights not found: put the sd-turbo folder (diffusers layout) at a local "
                                        f"path; {s} cannot be downloaded offline")
         try:

@@ -180,7 +180,7 @@ class S3DiffPipeline:
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor, *, encoder_noise: torch.Tensor | None = None,
                  generator: torch.Generator | int | None = None, latent: str = "sample",
-                 color_fix: str = "wavelet", quantize: bool = True, rng_parity: bool = False,
+                 color_fix: str | None = "wavelet", quantize: bool = True, rng_parity: bool = False,
                  return_intermediates: bool = False):
         """lr (B,3,h,w) in [0,1] -> (B,3,4h,4w) in [0,1].
 
@@ -189,7 +189,10 @@ class S3DiffPipeline:
         order. latent="mode" uses the posterior mean instead (deterministic, slightly different).
         quantize: run the colour fix on 8-bit-truncated images as the official script does.
         rng_parity: also draw (and add) the scheduler's 1e-10 variance noise, like DDPMScheduler.step.
+        color_fix: "wavelet", "adain", or None / "none" for no colour fix.
         """
+        if color_fix is None:  # Python's "off"; "none" stays accepted for the CLI and configs
+            color_fix = "none"
         if color_fix not in COLOR_FIXES and color_fix != "nofix":
             raise FewstepError(f"unknown colour fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
         if latent not in ("sample", "mode"):

@@ -17,7 +17,6 @@ The release weights are exported to ``out_dir/export/s3diff.pkl`` in the officia
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,9 @@ def build_discriminator(spec: dict | None) -> nn.Module:
         from ..training.losses import PatchDiscriminator
 
         return PatchDiscriminator(**{"norm": "spectral", **spec})
-    try:
-        mod, fn = str(factory).split(":")
-        return getattr(importlib.import_module(mod), fn)(**spec)
-    except (ValueError, ImportError, AttributeError) as e:
-        raise FewstepError(f"config: discriminator.factory {factory!r} cannot be built ({e})") from None
+    from ..registry import resolve_object
+
+    return resolve_object(str(factory), what="config: discriminator.factory")(**spec)
 
 
 class TrainableS3Diff(nn.Module):

@@ -208,16 +208,17 @@ def load_folder(folder, weights=None, device: str = "cpu", dtype: str = "fp32", 
 
 
 def build(name: str = "skipdiff-sr3", weights: str | Path | None = None, device: str = "cpu", dtype: str = "fp32",
-          **kwargs) -> SR3SkipDiff:
-    """Registry factory: weights=DIR containing sr3_small.safetensors (default: the shipped file)."""
+          quiet: bool = True, **options) -> SR3SkipDiff:
+    """Registry factory: weights=DIR containing sr3_small.safetensors, or the file itself (default: the
+    shipped file). `quiet` is accepted like every factory's; the sampler shows no progress bar."""
     if dtype not in ("fp32", "float32"):
         raise FewstepError(f"{name}: only dtype=fp32 is supported (got {dtype})")
     path = Path(weights) / DEFAULT_WEIGHTS.name if weights else DEFAULT_WEIGHTS
     if weights and Path(weights).is_file():
         path = Path(weights)
     for key in ("m", "coarse", "fine", "steps"):
-        if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = int(kwargs[key])
-    if name == "sr3-small" and "steps" not in kwargs:
-        kwargs["steps"] = 100
-    return SR3SkipDiff(load_sr3(path), name=name, device=device, **kwargs)
+        if key in options and options[key] is not None:
+            options[key] = int(options[key])
+    if name == "sr3-small" and options.get("steps") is None:
+        options["steps"] = 100
+    return SR3SkipDiff(load_sr3(path), name=name, device=device, **options)
