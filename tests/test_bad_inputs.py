@@ -280,13 +280,22 @@ def test_fp16_on_cpu_is_refused(batch, capsys):
 
 def test_bf16_on_a_cpu_without_it_warns_about_the_slowdown_and_runs(batch, capsys, monkeypatch):
     monkeypatch.setattr("fewstep.distributed.cpu_has_native_bf16", lambda: False)
+    model = tiny_model(batch)  # a model that declares bf16 (bicubic is fp32 only)
     before = tree(batch)
-    rc, err = cli("upscale", "in", "-o", "out", "-m", "bicubic", "--device", "cpu", "--dtype", "bf16", "-q",
+    rc, err = cli("upscale", "in", "-o", "out", "-m", str(model), "--device", "cpu", "--dtype", "bf16", "-q",
                   capsys=capsys)
     assert rc == 0, err
     warn = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warn) == 1 and "slower than fp32" in warn[0]
-    assert_batch_done(batch, before)
+    assert unchanged(before, tree(batch))
+    for name, src in (("a.png", "in/a.png"), ("sub/b.png", "in/sub/b.png")):
+        w, h = Image.open(batch / src).size
+        assert Image.open(batch / "out" / name).size == (4 * w, 4 * h)
+
+
+def test_a_dtype_the_model_does_not_declare_is_one_line(batch, capsys):
+    refused(batch, capsys, "in", "-o", "out", "-m", "bicubic", "--device", "cpu", "--dtype", "bf16",
+            needles=("bicubic", "dtype bf16", "fp32"))
 
 
 def test_model_default_overlap_larger_than_the_tile_is_refused_before_any_image(tmp_path, capsys):
@@ -333,7 +342,7 @@ def test_missing_input_and_empty_folder(batch, capsys):
 def test_bad_model_folder_json(batch, capsys):
     (batch / "m").mkdir()
     (batch / "m" / "fewstep_model.json").write_text("{not json")
-    refused(batch, capsys, "in", "-o", "out", "-m", batch / "m", needles=("invalid JSON",))
+    refused(batch, capsys, "in", "-o", "out", "-m", batch / "m", needles=("fewstep_model.json", "invalid model card"))
 
 
 def test_pickled_code_in_a_checkpoint_is_refused(tmp_path, capsys):
