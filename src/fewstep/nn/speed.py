@@ -1,0 +1,117 @@
+"""Inference speed switches that leave the numbers alone (or within stated tolerances).
+
+* `CudaGraphed` / `cuda_graph_forward`: replay a module's forward from a CUDA graph captured per
+  input signature (shapes, dtypes, autocast state). Tiling gives every tile the same shape (edge
+  tiles are shifted inside the image, see `fewstep.tiling.tile_starts`), so one graph per tile size
+  and batch serves a whole image. Falls back to the plain call off CUDA or with grad enabled.
+* `channels_last`: NHWC weights (conv kernels pick their NHWC paths); exact on CPU in our tests
+  (<= 1e-5), the layout the GPU tensor cores prefer.
+* `compile_module`: `torch.compile` in place (keeps state-dict names), with inductor's on-disk
+  FX-graph cache so the second process does not pay the compile again.
+
+Nothing here is imported by `import fewstep`; torch is imported by the callers anyway.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+
+def _signature(flat: list, spec) -> tuple:
+    parts: list[Any] = [str(spec)]
+    for x in flat:
+        if torch.is_tensor(x):
+            parts.append(("T", tuple(x.shape), x.dtype, str(x.device), x.is_contiguous()))
+        else:
+            parts.append(("V", repr(x)))
+    if torch.is_autocast_enabled("cuda"):
+        parts.append(("autocast", torch.get_autocast_dtype("cuda")))
+    return tuple(parts)
+
+
+class CudaGraphed:
+    """`fn` replayed from CUDA graphs, one per call signature.
+
+    On the first call with a new signature the inputs are copied into static buffers, `fn` runs
+    `warmup` times on a side stream (lazy initialisation, caches such as the Swin masks, cuDNN
+    autotuning), and then once under `torch.cuda.graph`. Later calls copy their tensors into the
+    static inputs, replay, and return clones of the static outputs (the next replay overwrites
+    them). Tensors the function reads from elsewhere (parameters, cached buffers) are read at
+    their captured addresses: modify them in place only (e.g. merged LoRA weights via copy_).
+    """
+
+    def __init__(self, fn: Callable, warmup: int = 2, max_graphs: int = 16):
+        self.fn, self.warmup, self.max_graphs = fn, int(warmup), int(max_graphs)
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, *args, **kwargs):
+        flat, spec = tree_flatten((args, kwargs))
+        tensors = [x for x in flat if torch.is_tensor(x)]
+        if (torch.is_grad_enabled() or not tensors or any(t.device.type != "cuda" for t in tensors)
+                or torch.cuda.is_current_stream_capturing()):
+            return self.fn(*args, **kwargs)
+        key = _signature(flat, spec)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                return self.fn(*args, **kwargs)
+            entry = self.graphs[key] = self._capture(flat, spec)
+        static_in, graph, static_out = entry
+        for s, x in zip(static_in, tensors):
+            s.copy_(x)
+        graph.replay()
+        return torch.utils._pytree.tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, static_out)
+
+    def _capture(self, flat: list, spec) -> tuple:
+        static_in = [x.clone() if torch.is_tensor(x) else None for x in flat]
+        call_flat = [s if s is not None else x for s, x in zip(static_in, flat)]
+        args, kwargs = tree_unflatten(call_flat, spec)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.fn(*args, **kwargs)
+        return [s for s in static_in if s is not None], graph, out
+
+
+def cuda_graph_forward(module: nn.Module, warmup: int = 2) -> CudaGraphed:
+    """Make `module(...)` replay CUDA graphs (instance attribute shadowing `forward`); undo with
+    `restore_forward(module)`."""
+    graphed = CudaGraphed(module.forward, warmup=warmup)
+    module.forward = graphed  # type: ignore[method-assign]
+    return graphed
+
+
+def restore_forward(module: nn.Module) -> None:
+    """Undo `cuda_graph_forward` (drops the graphs and their memory)."""
+    if "forward" in module.__dict__:
+        del module.forward
+
+
+def channels_last(module: nn.Module) -> nn.Module:
+    """NHWC weights for every 4-D parameter (conv kernels); other tensors are unaffected."""
+    return module.to(memory_format=torch.channels_last)
+
+
+def compile_module(module: nn.Module, *, mode: str | None = None, dynamic: bool | None = False,
+                   cache_dir: str | None = None) -> nn.Module:
+    """`module.compile()` in place (state-dict names unchanged). Inductor keeps compiled graphs in
+    its FX-graph cache (`TORCHINDUCTOR_CACHE_DIR`, default under /tmp); `cache_dir` moves it so a
+    cache survives reboots. Undo with `uncompile_module`."""
+    if cache_dir is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+    module.compile(mode=mode, dynamic=dynamic)
+    return module
+
+
+def uncompile_module(module: nn.Module) -> None:
+    module._compiled_call_impl = None  # what nn.Module.compile sets
