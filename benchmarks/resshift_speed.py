@@ -309,8 +309,6 @@ def memory(args) -> None:
         src = str(REPO / "src")
         base = dict(model=args.model, threads=args.threads, device="cpu", dtype="fp32", weights=weights, tree="new",
                     src=src)
-        if weights:
-            run_child(dict(base, size=64, make_weights=True))
         r = run_child(dict(base, memory=True, size=args.memory_size, tile=args.tile, overlap=args.overlap,
                            tile_batch=args.tile_batch))
         with contextlib.suppress(KeyError):

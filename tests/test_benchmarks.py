@@ -1,0 +1,80 @@
+"""The benchmark scripts run (tiny CPU modes), so they cannot rot between GPU sessions.
+
+Nothing here is timed: speed lives in the benchmarks' own output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_bench_cpu_smoke_writes_a_complete_table(tmp_path):
+    out = tmp_path / "speed.md"
+    text = _load("gpu_bench").main(["--cpu-smoke", "--out", str(out)])
+    assert out.read_text() == text
+    rows = [r for r in text.splitlines() if r.startswith("| ResShift-v3 |") or r.startswith("| S3Diff |")]
+    timing = [r.split("|")[1:-1] for r in rows if r.count("|") == 10]
+    # both models, both sizes, batch 1 and 2, fp32 eager; the graph wrapper (a fall-through on CPU) once
+    for model in ("ResShift-v3", "S3Diff"):
+        for size, batch in (("16 → 64", "1"), ("16 → 64", "2"), ("24 → 96", "1"), ("24 → 96", "2")):
+            assert any(c[0].strip() == model and c[1].strip() == size and c[2].strip() == batch
+                       and c[3].strip() == "fp32" and c[4].strip() == "eager" for c in timing), (model, size, batch)
+        assert any(c[0].strip() == model and c[4].strip() == "graphs" for c in timing)
+    for c in timing:
+        ms, ips = float(c[5]), float(c[6])
+        assert ms > 0 and math.isclose(ips, 1000 / ms, rel_tol=0.02)
+    diffs = [r.split("|")[1:-1] for r in rows if "bf16 vs fp32" in r]
+    assert len(diffs) == 4
+    for d in diffs:  # bf16 changes the output, but it is still an image of the same content
+        mx, mean, psnr = float(d[3]), float(d[4]), float(d[5])
+        assert 0 < mean <= mx <= 1 and psnr > 10
+    assert "Failed cases" not in text
+
+
+def test_cuda_graph_wrapper_falls_through_off_cuda():
+    import torch
+
+    from fewstep.nn.speed import CudaGraphed, cuda_graph_forward, restore_forward
+
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    ref = lin(x)
+    g = cuda_graph_forward(lin)
+    assert isinstance(g, CudaGraphed)
+    with torch.no_grad():
+        assert torch.equal(lin(x), ref)
+    assert g.graphs == {}  # nothing captured on the CPU
+    restore_forward(lin)
+    assert "forward" not in lin.__dict__ and torch.equal(lin(x), ref)
+
+
+def test_resshift_speed_memory_mode_reports_peak_rss(capsys):
+    bench = _load("resshift_speed")
+    sys.argv = ["resshift_speed.py", "--memory", "--model", "tiny", "--memory-size", "32", "--tile", "16",
+                "--overlap", "8", "--threads", "1"]
+    bench.main()
+    out = capsys.readouterr().out
+    row = [r for r in out.splitlines() if r.startswith("| 32 -> 128")]
+    assert row, out
+    cells = [c.strip() for c in row[0].split("|")[1:-1]]
+    assert cells[2] == "9" and float(cells[5]) > 0.05 and cells[6] == "OK"
+    assert re.search(r"torch \d", out)
