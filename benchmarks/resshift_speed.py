@@ -100,6 +100,44 @@ def _inputs(pipe, size: int, device: str):
     return lr.to(device), noise
 
 
+def _apply_opts(pipe, opts) -> None:
+    """Speed switches of `fewstep.nn.speed`, for the working tree only (REF may predate them)."""
+    if not opts:
+        return
+    from fewstep.nn import speed
+
+    nets = [pipe.unet, pipe.vq.encoder, pipe.vq.decoder] if hasattr(pipe.vq, "encoder") else [pipe.unet]
+    for net in nets:
+        if "channels_last" in opts:
+            speed.channels_last(net)
+        if "compile" in opts:
+            speed.compile_module(net)
+
+
+def _proxy_class():
+    import torch
+
+    class Proxy(torch.nn.Module):
+        def __init__(self, inner, call):
+            super().__init__()
+            self.inner, self._call = inner, call
+
+        def forward(self, *args, **kwargs):
+            return self._call(*args, **kwargs)
+
+        def __getattr__(self, name):  # lq_size, dtype, ... of the wrapped UNet
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(super().__getattr__("inner"), name)
+
+    return Proxy
+
+
+def _Proxy(inner, call):
+    return _proxy_class()(inner, call)
+
+
 class _StageTimer:
     """Wraps vq.encode, unet.forward and vq.decode (instance attributes shadow the methods) to
     time them and, when asked, count their FLOPs."""
@@ -111,9 +149,10 @@ class _StageTimer:
         self.times = {s: [] for s in STAGES}
         self.flops = {s: 0 for s in STAGES}
         self._sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        for name, owner, attr in (("encoder", pipe.vq, "encode"), ("unet", pipe.unet, "forward"),
-                                  ("decoder", pipe.vq, "decode")):
+        for name, owner, attr in (("encoder", pipe.vq, "encode"), ("decoder", pipe.vq, "decode")):
             setattr(owner, attr, self._wrap(name, getattr(owner, attr)))
+        # the UNet through a proxy module, so the timer stays outside a compiled forward
+        pipe.unet = _Proxy(pipe.unet, self._wrap("unet", pipe.unet.__call__))
 
     def _wrap(self, stage, fn):
         def timed(*args, **kwargs):
@@ -147,6 +186,8 @@ def child(spec: dict) -> dict:
     pipe = _build(spec["model"], spec.get("weights"), device)
     if spec.get("make_weights"):
         return res
+    if spec["tree"] == "new":
+        _apply_opts(pipe, spec.get("opts", []))
     lr, noise = _inputs(pipe, spec["size"], device)
     timer = _StageTimer(pipe, device, count_flops=spec.get("flops", False))
     kw = {} if spec["dtype"] == "fp32" else {"dtype": spec["dtype"]}
@@ -251,14 +292,14 @@ def compare(args) -> None:
             trees["ref"] = str(ref_path / "src")
         weights = str(Path(tmp) / "weights.pt") if args.model in ("realsr-v3", "tiny") else None
         base = dict(model=args.model, threads=args.threads, device=args.device, dtype=args.dtype, weights=weights,
-                    warmup=args.warmup)
+                    warmup=args.warmup, opts=args.opt)
         if weights:  # made once by this tree, loaded by every run
             run_child(dict(base, tree="new", src=trees["new"], size=64, make_weights=True))
         label = {"new": "working tree", "ref": f"REF {getattr(ref_ctx, 'rev', '')}".strip()}
         print(f"# ResShift stage benchmark: model {args.model}, {args.device} {args.dtype}, {args.threads} threads, "
               f"{args.repeats} run(s) per tree (ABBA order), torch {torch.__version__}")
         for name, src in trees.items():
-            print(f"#   {name}: {label[name]} ({src})")
+            print(f"#   {name}: {label[name]} ({src})" + (f", options {','.join(args.opt)}" if name == "new" and args.opt else ""))
         for size in args.sizes:
             if size % 64:
                 raise SystemExit(f"--sizes: {size} is not a multiple of 64")
@@ -333,6 +374,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch_threads_default())
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--opt", action="append", default=[], choices=["channels_last", "compile"],
+                    help="speed switch for the working tree's networks (repeatable); 'compile' needs --warmup 1 "
+                         "(the first call compiles; inductor caches the result on disk for later processes)")
     ap.add_argument("--tol", type=float, default=1e-4, help="max |ref - new| allowed (fp32)")
     ap.add_argument("--memory", action="store_true", help="tiled 1024 -> 4096 run: peak RSS (no comparison)")
     ap.add_argument("--memory-size", type=int, default=1024)

@@ -78,3 +78,32 @@ def test_resshift_speed_memory_mode_reports_peak_rss(capsys):
     cells = [c.strip() for c in row[0].split("|")[1:-1]]
     assert cells[2] == "9" and float(cells[5]) > 0.05 and cells[6] == "OK"
     assert re.search(r"torch \d", out)
+
+
+def test_every_attention_runs_through_sdpa(monkeypatch):
+    """Swin windows, the VQ mid-block attention and every diffusers attention use
+    F.scaled_dot_product_attention (flash / memory-efficient kernels on a GPU), none a softmax."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from fewstep.resshift.unet import SwinBlock, SwinUNet
+    from fewstep.resshift.vq import VQModel
+
+    bc = _load("bench_common")
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    monkeypatch.setattr(F, "softmax", lambda *a, **k: pytest.fail("explicit softmax attention"))
+    torch.manual_seed(0)
+    unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
+    with torch.no_grad():
+        unet(torch.randn(1, 3, 16, 16), torch.tensor([1]), lq=torch.randn(1, 3, 16, 16))
+        assert len(calls) == sum(isinstance(m, SwinBlock) for m in unet.modules()) > 0
+        calls.clear()
+        vq.decode(vq.encode(torch.randn(1, 3, 32, 32)))
+        assert len(calls) == 2  # encoder and decoder mid-block attention
+    for net in (UNet2DConditionModel(**bc.TINY_SD_UNET), AutoencoderKL(**bc.TINY_SD_VAE)):
+        procs = net.attn_processors.values()
+        assert procs and all(isinstance(p, AttnProcessor2_0) for p in procs)
