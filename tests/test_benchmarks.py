@@ -107,3 +107,41 @@ def test_every_attention_runs_through_sdpa(monkeypatch):
     for net in (UNet2DConditionModel(**bc.TINY_SD_UNET), AutoencoderKL(**bc.TINY_SD_VAE)):
         procs = net.attn_processors.values()
         assert procs and all(isinstance(p, AttnProcessor2_0) for p in procs)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_inplace_inference_path_is_bit_identical(autocast):
+    """The in-place elementwise ops used when autograd is off (fewstep.nn.speed.INPLACE) give
+    exactly the numbers of the out-of-place ops, in fp32 and under bf16 autocast. (Compared under
+    no_grad both: with autograd on, CPU SDPA picks another kernel, which differs in the last bits.)"""
+    import contextlib
+
+    import torch
+
+    from fewstep.nn import speed
+    from fewstep.resshift.unet import SwinUNet
+    from fewstep.resshift.vq import VQModel
+
+    bc = _load("bench_common")
+    torch.manual_seed(0)
+    unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
+    x, lq, img = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 3, 32, 32)
+    t = torch.tensor([1, 0])
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+
+    def run():
+        with ctx():
+            return unet(x, t, lq=lq), vq.decode(vq.encode(img), force_not_quantize=True), vq.encode(img)
+
+    with torch.no_grad():
+        assert speed.inplace_ok()
+        fast = run()
+        speed.INPLACE = False
+        try:
+            assert not speed.inplace_ok()
+            ref = run()  # the out-of-place ops of the training path
+        finally:
+            speed.INPLACE = True
+    for a, b in zip(ref, fast):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert ref[0].abs().max() > 0 and ref[1].std() > 0

@@ -1,5 +1,7 @@
 """Inference speed switches that leave the numbers alone (or within stated tolerances).
 
+* `INPLACE` / `inplace_ok`: in-place elementwise ops in the ResShift UNet and VQ at inference
+  (bit-identical; see tests/test_benchmarks.py).
 * `CudaGraphed` / `cuda_graph_forward`: replay a module's forward from a CUDA graph captured per
   input signature (shapes, dtypes, autocast state). Tiling gives every tile the same shape (edge
   tiles are shifted inside the image, see `fewstep.tiling.tile_starts`), so one graph per tile size
@@ -20,6 +22,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
+
+
+# In-place elementwise ops (SiLU, scale-shift, residual adds) in inference: bit-identical results,
+# fewer large allocations (on CPU every fresh multi-MB tensor is an mmap + page faults). Only when
+# autograd is off, since in-place ops would break backward. Switch: fewstep.nn.speed.INPLACE = False.
+INPLACE = True
+
+
+def inplace_ok() -> bool:
+    return INPLACE and not torch.is_grad_enabled()
 
 
 def _signature(flat: list, spec) -> tuple:
