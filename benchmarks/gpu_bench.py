@@ -75,9 +75,11 @@ class ResShiftBench:
         p = self.up.pipe
         return [p.unet, p.vq.encoder, p.vq.decoder]
 
-    def prepare(self, dtype: str, batch: int):
+    def prepare(self, dtype: str, batch: int, size: int):
         self.up.dtype = dtype
-        self.up.tile_batch = max(1, 16 // batch)  # batched tiles; a whole 512 -> 2048 image is 9 tiles
+        # batched tiles (a whole 512 -> 2048 image is 9 tiles); the 4096^2 memory case runs the
+        # default one tile at a time
+        self.up.tile_batch = 1 if size >= 1024 else max(1, 16 // batch)
 
     def run(self, lr: torch.Tensor, dtype: str) -> torch.Tensor:
         return self.up.restore(lr, seed=0)
@@ -126,8 +128,8 @@ class S3DiffBench:
         m = self.pipe(dtype).model
         return [m.unet, m.vae.encoder, m.vae.decoder]
 
-    def prepare(self, dtype: str, batch: int):
-        self.pipe(dtype)
+    def prepare(self, dtype: str, batch: int, size: int):
+        self.pipe(dtype).tile_batch = 4 if size >= 1024 else 16  # 4 = the library default
 
     def run(self, lr: torch.Tensor, dtype: str) -> torch.Tensor:
         return self.pipe(dtype)(lr, generator=0, color_fix="wavelet")
@@ -173,7 +175,7 @@ def make_lr(size: int, batch: int, device: str) -> torch.Tensor:
 
 @torch.no_grad()
 def run_case(bench, case: Case, device: str, target_s: float, outputs: dict) -> None:
-    bench.prepare(case.dtype, case.batch)
+    bench.prepare(case.dtype, case.batch, case.size)
     lr = make_lr(case.size, case.batch, device)
     undo = apply_mode(bench, case.dtype, case.mode)
     try:
@@ -331,7 +333,10 @@ def main(argv: list[str] | None = None) -> str:
     dev_name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     lines += [f"Device: {dev_name}; torch {torch.__version__}; total run {time.perf_counter() - t_start:.0f} s "
               f"(budget {args.budget:.0f} s). ms/image = median of the timed repeats / batch; peak = "
-              "torch.cuda.max_memory_allocated over the timed repeats (weights included).", ""]
+              "torch.cuda.max_memory_allocated over the timed repeats (weights included)." +
+              (f" TF32: cuDNN convolutions {torch.backends.cudnn.allow_tf32}, matmuls "
+               f"{torch.backends.cuda.matmul.allow_tf32} (as set; PyTorch's defaults are True and False)."
+               if device == "cuda" else ""), ""]
     lines += [f"- {n}" for n in notes] + [""]
     lines += ["| model | LR → SR | batch | dtype | mode | ms/image | images/s | peak GPU GiB | first call s |",
               "|---|---|---|---|---|---:|---:|---:|---:|"]

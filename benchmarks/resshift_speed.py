@@ -106,6 +106,10 @@ def _apply_opts(pipe, opts) -> None:
         return
     from fewstep.nn import speed
 
+    if "fast_upsample" in opts:
+        speed.FAST_UPSAMPLE = True
+    if "no_inplace" in opts:
+        speed.INPLACE = False
     nets = [pipe.unet, pipe.vq.encoder, pipe.vq.decoder] if hasattr(pipe.vq, "encoder") else [pipe.unet]
     for net in nets:
         if "channels_last" in opts:
@@ -374,7 +378,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch_threads_default())
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    ap.add_argument("--opt", action="append", default=[], choices=["channels_last", "compile"],
+    ap.add_argument("--opt", action="append", default=[], choices=["channels_last", "compile", "fast_upsample", "no_inplace"],
                     help="speed switch for the working tree's networks (repeatable); 'compile' needs --warmup 1 "
                          "(the first call compiles; inductor caches the result on disk for later processes)")
     ap.add_argument("--tol", type=float, default=1e-4, help="max |ref - new| allowed (fp32)")

@@ -145,3 +145,38 @@ def test_inplace_inference_path_is_bit_identical(autocast):
     for a, b in zip(ref, fast):
         assert a.dtype == b.dtype and torch.equal(a, b)
     assert ref[0].abs().max() > 0 and ref[1].std() > 0
+
+
+def test_fast_upsample_equals_nearest_then_conv():
+    """The parity-decomposed nearest-x2 + 3x3 conv (fewer FLOPs) matches the two-op form, alone
+    and inside the VQ decoder and UNet, with odd sizes and borders included."""
+    import torch
+    import torch.nn.functional as F
+
+    from fewstep.nn import speed
+    from fewstep.resshift.unet import SwinUNet
+    from fewstep.resshift.vq import VQModel
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+    x = torch.randn(2, 6, 7, 10)
+    with torch.no_grad():
+        ref = conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        out = speed.upsample2x_conv3x3(x, conv)
+    assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    bc = _load("bench_common")
+    unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
+    z, lq = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)
+    outs = []
+    for flag in (False, True):
+        speed.FAST_UPSAMPLE = flag
+        try:
+            with torch.no_grad():
+                outs.append((vq.decode(z, force_not_quantize=True), unet(z, torch.tensor([1]), lq=lq)))
+        finally:
+            speed.FAST_UPSAMPLE = False
+    for a, b in zip(*outs):
+        assert not torch.equal(a, b) and (a - b).abs().max() <= 1e-5 * a.abs().max()
+    with torch.no_grad():
+        conv.weight.data.mul_(2)  # weights changed behind autograd's back are still seen
+        assert torch.allclose(speed.upsample2x_conv3x3(x, conv), conv(F.interpolate(x, scale_factor=2)), atol=1e-5)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import GroupNorm32, timestep_embedding
-from ..nn.speed import inplace_ok
+from ..nn.speed import fast_upsample_ok, inplace_ok, upsample2x_conv3x3
 
 
 def normalization(channels: int) -> nn.Module:
@@ -61,6 +61,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x):
+        if fast_upsample_ok(self.conv):  # same map, 2.25x fewer FLOPs (fewstep.nn.speed.FAST_UPSAMPLE)
+            return upsample2x_conv3x3(x, self.conv)
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.speed import inplace_ok
+from ..nn.speed import fast_upsample_ok, inplace_ok, upsample2x_conv3x3
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -75,6 +75,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x):
+        if fast_upsample_ok(self.conv):  # same map, 2.25x fewer FLOPs (fewstep.nn.speed.FAST_UPSAMPLE)
+            return upsample2x_conv3x3(x, self.conv)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
