@@ -184,12 +184,15 @@ def run_case(bench, case: Case, device: str, target_s: float, outputs: dict) -> 
         out = bench.run(lr, case.dtype)  # first call: compile / capture / autotune
         sync(device)
         first = time.perf_counter() - t
-        if case.mode in ("graphs", "compile"):
-            bench.run(lr, case.dtype)  # second call: replays (graphs) / any recompile settles
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        reps = 1 if first > target_s or target_s <= 0 else max(2, min(10, int(target_s / max(first, 1e-3))))
+        if target_s <= 0:  # smoke mode: the one call is the measurement
+            reps, times = 0, [first]
+        else:
+            if case.mode in ("graphs", "compile"):
+                bench.run(lr, case.dtype)  # second call: replays (graphs) / any recompile settles
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            reps = 1 if first > target_s else max(2, min(10, int(target_s / max(first, 1e-3))))
         for _ in range(reps):
             sync(device)
             t = time.perf_counter()

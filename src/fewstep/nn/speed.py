@@ -26,8 +26,9 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 # In-place elementwise ops (SiLU, scale-shift, residual adds) in inference: bit-identical results,
 # fewer large allocations (on CPU every fresh multi-MB tensor is an mmap + page faults). Only when
-# autograd is off, since in-place ops would break backward. Switch: fewstep.nn.speed.INPLACE = False.
-INPLACE = True
+# autograd is off, since in-place ops would break backward. Switch: fewstep.nn.speed.INPLACE = False
+# (or FEWSTEP_INPLACE=0).
+INPLACE = os.environ.get("FEWSTEP_INPLACE", "1") != "0"
 
 
 def inplace_ok() -> bool:
@@ -135,8 +136,9 @@ def uncompile_module(module: nn.Module) -> None:
 # Each output pixel parity (a, b) of conv3x3(nearest_x2(x)) sees only 2x2 distinct input pixels,
 # so the four parities are one 2x2 conv (C -> 4C) on the 1-padded low-resolution input, with
 # kernels that sum the 3x3 taps falling on the same input pixel. Same result up to the rounding of
-# those sums (~1e-7 relative); off by default (switch: FAST_UPSAMPLE) until measured faster.
-FAST_UPSAMPLE = False
+# those sums (~1e-7 relative); off by default (switch: FAST_UPSAMPLE, or FEWSTEP_FAST_UPSAMPLE=1)
+# until measured faster on a quiet machine.
+FAST_UPSAMPLE = os.environ.get("FEWSTEP_FAST_UPSAMPLE", "0") == "1"
 _TAP_GROUPS = (((0,), (1, 2)), ((0, 1), (2,)))  # parity -> (taps on input offset -1/0, on 0/+1)
 
 
