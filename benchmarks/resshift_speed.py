@@ -13,7 +13,8 @@ weights (realsr-v3 architecture: random weights made once and saved; a named mod
 files) and the same LR image and noise. Each run also measures this machine's fp32 sgemm
 throughput (a 2048^3 matmul, same threads); the best of those is the "peak" the stages are
 compared with. FLOPs are counted once (torch.utils.flop_counter.FlopCounterMode, in a separate
-untimed run of this tree). Reported per stage (VQ encoder, Swin UNet per step, VQ decoder, total):
+untimed run of this tree) as the model's FLOPs: with a FLOP-saving switch (--opt fast_upsample)
+the rates are effective ones, and the FLOPs actually executed are printed below the table. Reported per stage (VQ encoder, Swin UNet per step, VQ decoder, total):
 seconds (best of the repeats), GFLOP, GFLOP/s, % of peak, REF/new; then max |REF - new| of the
 decoded images (fp32 must stay <= 1e-4).
 
@@ -37,6 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STAGES = ("encoder", "unet", "decoder")
+FLOP_SAVING = ("fast_upsample",)  # --opt switches that execute fewer FLOPs than the model defines
 STAGE_NAMES = {"encoder": "VQ encoder", "unet": "Swin UNet / step", "unet_all": "Swin UNet, all steps",
                "decoder": "VQ decoder", "total": "total"}
 
@@ -308,7 +310,11 @@ def compare(args) -> None:
             if size % 64:
                 raise SystemExit(f"--sizes: {size} is not a multiple of 64")
             spec = dict(base, size=size)
-            flops = run_child(dict(spec, tree="new", src=trees["new"], flops=True))["flops"]
+            # model FLOPs (the rates below are "effective": FLOP-saving switches do not lower them)
+            plain = [o for o in args.opt if o not in FLOP_SAVING]
+            flops = run_child(dict(spec, tree="new", src=trees["new"], flops=True, opts=plain))["flops"]
+            executed = (run_child(dict(spec, tree="new", src=trees["new"], flops=True))["flops"]
+                        if len(plain) != len(args.opt) else None)
             order = list(trees)
             runs: dict[str, list[dict]] = {t: [] for t in trees}
             for r in range(args.repeats):
@@ -333,6 +339,10 @@ def compare(args) -> None:
             print("|" + "---|" * len(head))
             for k, name in STAGE_NAMES.items():
                 print(_fmt_row(name, gflop[k], {t: best[t][k] for t in trees}, ref, "new", peak))
+            if executed:
+                print("executed GFLOP with " + ",".join(o for o in args.opt if o in FLOP_SAVING) + ": " +
+                      ", ".join(f"{STAGE_NAMES[k]} {executed[k] / 1e9 / (steps if k == 'unet' else 1):.1f}"
+                                for k in STAGES))
             outs = {t: [torch.load(r["out"], weights_only=True) for r in rs] for t, rs in runs.items()}
             rep = max(((o - outs["new"][0]).abs().max().item() for o in outs["new"][1:]), default=0.0)
             line = f"max |Δ| between repeats (new): {rep:.2e}; peak RSS new {max(r['rss_gib'] for r in runs['new']):.2f} GiB"

@@ -142,18 +142,34 @@ FAST_UPSAMPLE = os.environ.get("FEWSTEP_FAST_UPSAMPLE", "0") == "1"
 _TAP_GROUPS = (((0,), (1, 2)), ((0, 1), (2,)))  # parity -> (taps on input offset -1/0, on 0/+1)
 
 
+def _pair_sums(w: torch.Tensor, dim: int, parity: int) -> torch.Tensor:
+    """Along `dim` (size 3): parity 0 -> [w0, w1 + w2], parity 1 -> [w0 + w1, w2]."""
+    t0, t1, t2 = w.unbind(dim)
+    pair = (t0, t1 + t2) if parity == 0 else (t0 + t1, t2)
+    return torch.stack(pair, dim)
+
+
 def _phase_weight(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(4*Cout, Cin, 2, 2) kernels, parity-major, summed in float64. Rebuilt on every call (a few
-    small sums, cheap next to the conv): a cache could go stale when weights change in place."""
-    w64 = conv.weight.detach().double()
-    blocks = []
-    for a in range(2):
-        for b in range(2):
-            rows = [w64[:, :, list(r)].sum(dim=2) for r in _TAP_GROUPS[a]]  # (Cout, Cin, 3) each
-            blocks.append(torch.stack([torch.stack([r[:, :, list(c)].sum(dim=2) for c in _TAP_GROUPS[b]], dim=-1)
-                                       for r in rows], dim=-2))
-    bias = conv.bias.detach().repeat(4) if conv.bias is not None else None
-    return torch.cat(blocks).to(conv.weight.dtype), bias
+    """(4*Cout, Cin, 2, 2) kernels, parity-major, summed in float64; cached on the conv until its
+    weight or bias changes (in-place updates bump the tensors' version; `.data` edits do not, so
+    after those call `clear_upsample_cache`)."""
+    w, bias = conv.weight, conv.bias
+    key = (w.data_ptr(), w._version, w.dtype, w.device,
+           None if bias is None else (bias.data_ptr(), bias._version))
+    cached = conv.__dict__.get("_fewstep_phase")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    w64 = w.detach().double()
+    blocks = [_pair_sums(_pair_sums(w64, 2, a), 3, b) for a in range(2) for b in range(2)]
+    weight = torch.cat(blocks).to(w.dtype)
+    b4 = bias.detach().repeat(4) if bias is not None else None
+    conv.__dict__["_fewstep_phase"] = (key, weight, b4)
+    return weight, b4
+
+
+def clear_upsample_cache(module: nn.Module) -> None:
+    for m in module.modules():
+        m.__dict__.pop("_fewstep_phase", None)
 
 
 def upsample2x_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
