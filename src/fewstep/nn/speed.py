@@ -16,6 +16,7 @@ Nothing here is imported by `import fewstep`; torch is imported by the callers a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable
 
@@ -84,15 +85,22 @@ class CudaGraphed:
         static_in = [x.clone() if torch.is_tensor(x) else None for x in flat]
         call_flat = [s if s is not None else x for s, x in zip(static_in, flat)]
         args, kwargs = tree_unflatten(call_flat, spec)
+        # Under autocast, the casts of the weights must be recorded in the graph, not taken from
+        # autocast's cache: cached copies are freed when the autocast region ends, and a replay
+        # would read freed memory (PyTorch's rule: graphs need autocast(cache_enabled=False)).
+        no_cache = (torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+                    if torch.is_autocast_enabled("cuda") else contextlib.nullcontext())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*args, **kwargs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self.fn(*args, **kwargs)
+        with no_cache:
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.fn(*args, **kwargs)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.clear_autocast_cache()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.fn(*args, **kwargs)
         return [s for s in static_in if s is not None], graph, out
 
 
