@@ -223,6 +223,27 @@ def test_merged_lora_equals_modulated(pipe):
     assert _maxabs(merged, out) <= 2e-4
 
 
+def test_inplace_merged_lora_equals_functional_merge_and_unmerges(pipe):
+    c, _, lr, out, _ = _run(pipe, "case_small_bilinear")
+    w0 = {n: l.base_layer.weight.clone() for n, l in pipe.model.unet_lora.items()}
+    pipe.merge_lora = True
+    try:
+        functional = pipe(lr, encoder_noise=c["enc_noise"], color_fix="none")
+        pipe.merge_lora = "inplace"
+        inplace = pipe(lr, encoder_noise=c["enc_noise"], color_fix="none")
+        assert pipe.model.lora_merged
+        assert any(not torch.equal(l.base_layer.weight, w0[n]) for n, l in pipe.model.unet_lora.items())
+    finally:
+        pipe.merge_lora = False
+    # same merged values, read from the modules instead of passed per call
+    assert _maxabs(inplace, functional) <= 1e-6
+    assert _maxabs(inplace, out) <= 2e-4
+    again = pipe(lr, encoder_noise=c["enc_noise"], color_fix="none")  # modulated path unmerges first
+    assert not pipe.model.lora_merged
+    assert all(torch.equal(l.base_layer.weight, w0[n]) for n, l in pipe.model.unet_lora.items())
+    assert torch.equal(again, out)
+
+
 def test_tiled_vae_matches_untiled_with_exact_groupnorm(pipe):
     from fewstep.s3diff.vae_tiling import TiledDecoder, TiledEncoder
 

@@ -11,7 +11,8 @@ without renaming. The quirks the checkpoints were trained with are kept on purpo
     `official_shift_mask`. It is built once per (H, W, device) and cached;
   * the timestep embedding is [cos, sin] of the raw integer index;
   * ResBlock scale-shift chunks are (scale, shift) in that order.
-Attention runs through `scaled_dot_product_attention`.
+Attention runs through `scaled_dot_product_attention`. At inference (autograd off) the
+elementwise ops run in place (`fewstep.nn.speed.INPLACE`), with bit-identical results.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import GroupNorm32, timestep_embedding
+from ..nn.speed import fast_upsample_ok, inplace_ok, upsample2x_conv3x3
 
 
 def normalization(channels: int) -> nn.Module:
@@ -59,6 +61,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x):
+        if fast_upsample_ok(self.conv):  # same map, 2.25x fewer FLOPs (fewstep.nn.speed.FAST_UPSAMPLE)
+            return upsample2x_conv3x3(x, self.conv)
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -72,6 +76,12 @@ class ResBlock(TimestepBlock):
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x, emb):
+        if inplace_ok():  # inference: the same ops in place (bit-identical, fewer big allocations)
+            h = self.in_layers[2](F.silu(self.in_layers[0](x), inplace=True))
+            scale, shift = self.emb_layers(emb).type(h.dtype)[..., None, None].chunk(2, dim=1)
+            h = self.out_layers[0](h).mul_(1 + scale).add_(shift)
+            h = self.out_layers[3](self.out_layers[2](F.silu(h, inplace=True)))
+            return h.add_(self.skip_connection(x))
         h = self.in_layers(x)
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
         scale, shift = emb_out.chunk(2, dim=1)
@@ -177,6 +187,9 @@ class SwinBlock(nn.Module):
         x = win.reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(2, 3))
+        if inplace_ok():  # x is a fresh tensor here (window merge / roll), the MLP output too
+            x = x.add_(shortcut)
+            return self.mlp(self.norm2(x)).add_(x)
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
 

@@ -116,6 +116,8 @@ class S3DiffModel(nn.Module):
         ab = alphas_cumprod[TIMESTEP].to(torch.float32)
         self.register_buffer("alpha_bar", ab.reshape(()), persistent=False)
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self._lora_base: dict[str, torch.Tensor] | None = None  # W0 kept by merge_lora_
+        self.lora_merged = False
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -245,6 +247,39 @@ class S3DiffModel(nn.Module):
         un = {n + ".base_layer.weight": l.base_layer.weight + l.delta_weight(unet_mod[0, self.unet_blocks[n]])
               for n, l in self.unet_lora.items()}
         return enc, un
+
+    @torch.no_grad()
+    def merge_lora_(self, vae_mod: torch.Tensor, unet_mod: torch.Tensor) -> None:
+        """Write one image's merged weights W0 + scale*B M^T A into the base layers, in place.
+
+        The inference fast path: afterwards the model is a plain SD-Turbo UNet/VAE (call
+        `encode_posterior`/`eps` with no modulation), so torch.compile sees fixed parameters and
+        CUDA graphs replay with the new weights (same storage, new values). The values equal those
+        of `merged_weights`. The original W0 are kept once (a copy of every targeted weight);
+        `unmerge_lora_` restores them.
+        """
+        if vae_mod.shape[0] != 1 or unet_mod.shape[0] != 1:
+            raise FewstepError("merged LoRA weights are per image: pass modulation matrices of batch 1")
+        first = next(iter(self.unet_lora.values())).base_layer.weight
+        if self._lora_base is not None and not self.lora_merged:
+            kept = next(iter(self._lora_base.values()))
+            if (kept.dtype, kept.device) != (first.dtype, first.device):  # model moved/cast since: re-take W0
+                self._lora_base = None
+        if self._lora_base is None:
+            self._lora_base = {n: l.base_layer.weight.detach().clone()
+                               for n, l in list(self.vae_lora.items()) + list(self.unet_lora.items())}
+        for layers, blocks, mod in ((self.vae_lora, self.vae_blocks, vae_mod), (self.unet_lora, self.unet_blocks, unet_mod)):
+            for n, l in layers.items():
+                l.base_layer.weight.copy_(self._lora_base[n] + l.delta_weight(mod[0, blocks[n]]))
+        self.lora_merged = True
+
+    @torch.no_grad()
+    def unmerge_lora_(self) -> None:
+        """Undo `merge_lora_` (the base weights get their original values back)."""
+        if self._lora_base is not None and self.lora_merged:
+            for n, l in list(self.vae_lora.items()) + list(self.unet_lora.items()):
+                l.base_layer.weight.copy_(self._lora_base[n])
+        self.lora_merged = False
 
     def encode_posterior(self, x: torch.Tensor, vae_mod: torch.Tensor | None = None, *,
                          merged: dict[str, torch.Tensor] | None = None,

@@ -33,7 +33,7 @@ class S3DiffPipeline:
     def __init__(self, model: S3DiffModel, de_net: torch.nn.Module, text_encoder: torch.nn.Module | None,
                  tokenizer: Any, *, upsample: str = "bilinear", latent_tile: int = 96, latent_overlap: int = 32,
                  tile_batch: int = 4, guidance_scale: float = GUIDANCE_SCALE, pos_prompt: str = POS_PROMPT,
-                 neg_prompt: str = NEG_PROMPT, merge_lora: bool = False, vae_encoder_tile: int = 1024,
+                 neg_prompt: str = NEG_PROMPT, merge_lora: bool | str = False, vae_encoder_tile: int = 1024,
                  vae_decoder_tile: int = 224, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = "fp32", quiet: bool = True) -> None:
         if upsample not in UPSAMPLE_MODES:
@@ -214,10 +214,15 @@ class S3DiffPipeline:
         enc_runner = self._encoder_runner(x.shape[-2:])
         dec_runner = self._decoder_runner(lat_hw)
         outs = []
+        if self.merge_lora != "inplace" and self.model.lora_merged:
+            self.model.unmerge_lora_()  # a previous in-place merge must not add to the modulated LoRA
         for i in range(b):
             vm, um = vae_mod[i:i + 1], unet_mod[i:i + 1]
             merged_v = merged_u = None
-            if self.merge_lora:
+            if self.merge_lora == "inplace":  # fast path: plain modules with this image's weights
+                self.model.merge_lora_(vm, um)
+                vm = um = None
+            elif self.merge_lora:
                 merged_v, merged_u = self.model.merged_weights(vm, um)
             xi = x[i:i + 1].to(self.dtype)
             mean, std = self.model.encode_posterior(xi, vm, merged=merged_v, encoder=enc_runner)
