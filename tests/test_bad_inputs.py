@@ -575,7 +575,14 @@ def test_two_processes_under_torchrun_write_the_same_bytes_as_one(tmp_path, caps
     model = tiny_model(tmp_path)
     for i in range(3):
         rgb(tmp_path / "in" / ("sub" if i % 2 else "") / f"{i}.png", 20, 24, seed=i)
-    rc, err = cli("upscale", "in", "-o", "one", "-m", model, "-q", capsys=capsys)
+    # torchrun starts each rank with OMP_NUM_THREADS=1; float sums (and so VQ code choices) depend on
+    # the thread count, so the one-process reference runs with one thread too
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc, err = cli("upscale", "in", "-o", "one", "-m", model, "-q", capsys=capsys)
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0, err
     e = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",

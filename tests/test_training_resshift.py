@@ -17,6 +17,8 @@ from fewstep.training.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 PHOTOS = Path(__file__).resolve().parent / "fixtures" / "photos"
+# the shipped configs name ../shared's photos; the tests use the copies shipped beside them
+PHOTO_DIRS = [f"data.hr_dir={PHOTOS / 'train'}", f"val.hr_dir={PHOTOS / 'eval'}"]
 
 
 
@@ -49,7 +51,7 @@ def test_small_configs_smoke_autoencoder_then_resshift(tmp_path, kind):
         rs_ae = [f"autoencoder.params={TINY_VQ_PARAMS}", "model.in_channels=3", "model.out_channels=3"]
     ae_dir = tmp_path / "ae"
     ae_cfg = load_config(CONFIGS / "autoencoder_small.yaml", [
-        f"out_dir={ae_dir}", *ae_over, "data.crop=32", "data.length=8", "val.crop=32", "val.num_images=1",
+        f"out_dir={ae_dir}", *ae_over, *PHOTO_DIRS, "data.crop=32", "data.length=8", "val.crop=32", "val.num_images=1",
         "loss.disc_start=10", "loss.disc_channels=32", "loss.disc_layers=2", "loss.lpips_weight=0",
         "train.steps=20", "train.batch_size=2", "train.warmup=5", "train.log_every=5", "train.val_every=null",
         "train.lr=1e-4", "train.eta_min=1e-5",
@@ -88,7 +90,7 @@ def test_small_configs_smoke_autoencoder_then_resshift(tmp_path, kind):
 
     rs_dir = tmp_path / "rs"
     rs_cfg = load_config(CONFIGS / "resshift_small.yaml", [
-        f"out_dir={rs_dir}", f"autoencoder.weights={export}", *rs_ae,
+        f"out_dir={rs_dir}", f"autoencoder.weights={export}", *rs_ae, *PHOTO_DIRS,
         "model.image_size=16", "model.lq_size=16", "model.model_channels=32", "model.channel_mult=[1,2]",
         "model.num_res_blocks=[1,1]", "model.attention_resolutions=[16,8]", "model.swin_embed_dim=32",
         "data.crop=64", "data.length=8", "val.num_images=1", "val.crop=256", "loss.lpips_weight=0",
