@@ -5,6 +5,8 @@ from __future__ import annotations
 from .presets import PRESETS
 
 MODELS = [
+    ("fewstep-x4", "fewstep.resshift.two_stage:load_two_stage",
+     "fewstep's default x4: Real-ESRGAN x4plus, then a small ResShift refiner trained by fewstep; ships inside the package"),
     ("fewstep-small", "fewstep.resshift.models:load_small",
      "fewstep's own small ResShift (x4, 4 steps), trained on CPU on the shared photos; ships inside the package"),
 ] + [(name, "fewstep.resshift.models:load_preset", p["description"]) for name, p in PRESETS.items()]
@@ -98,6 +100,11 @@ def load_folder(folder, weights=None, device="cpu", dtype="fp32", tile: int | No
         raise FewstepError(f"{folder}: not a fewstep model folder (no {MODEL_CARD})") from None
     except json.JSONDecodeError as e:
         raise FewstepError(f"{card_path}: invalid JSON ({e})") from None
+    if card.get("type") == "two-stage":  # fewstep-x4 layout: Real-ESRGAN + ResShift refiner
+        from .two_stage import load_two_stage
+
+        return load_two_stage(name or card.get("name", folder.name), weights=folder, device=device, dtype=dtype,
+                              tile=tile, overlap=overlap, blend=blend, steps=steps, quiet=quiet, **unused)
     if card.get("type") != "resshift":
         raise FewstepError(f"{card_path}: model type {card.get('type')!r} is not 'resshift'")
     missing = [k for k in ("unet", "vq", "chain", "scale", "unet_file", "vq_file") if k not in card]
