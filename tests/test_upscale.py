@@ -148,7 +148,7 @@ def test_released_model_offline_says_which_file_is_missing_and_where(tmp_path):
 
 
 def test_default_model_is_bundled_and_works_offline(tmp_path, monkeypatch):
-    """No --model, no weights anywhere, no network: the bundled fewstep-small restores the image."""
+    """No --model, no weights anywhere, no network: the bundled fewstep-x4 restores the image."""
     img = tmp_path / "x.png"
     Image.fromarray((np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)).save(img)
     monkeypatch.setenv("FEWSTEP_HOME", str(tmp_path / "empty-home"))
@@ -160,7 +160,7 @@ def test_default_model_is_bundled_and_works_offline(tmp_path, monkeypatch):
     # pointing the bundled model at a folder without its files names the missing file
     r = _run_cli("upscale", img, "-o", tmp_path / "o2", "--weights", tmp_path / "w", "--quiet")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "weights not found: fewstep_model.json of fewstep-small" in r.stderr.strip().splitlines()[-1]
+    assert "weights not found: fewstep_model.json of fewstep-x4" in r.stderr.strip().splitlines()[-1]
 
 
 def test_unknown_model_and_missing_input_are_one_line_errors(tmp_path):
