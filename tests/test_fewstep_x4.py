@@ -89,3 +89,46 @@ def test_restores_a_real_photo_with_sharper_edges_than_bicubic():
     assert psnr(out, hr, crop_border=4, y_channel=True) > psnr(stage1, hr, crop_border=4, y_channel=True) - 0.5
     assert (out - stage1).abs().mean() > 1e-3  # the refiner does change stage 1's output
     torch.testing.assert_close(up.restore(lr[None], seed=0)[0], out, rtol=0, atol=0)
+
+
+def test_edge_shortfall_loss_matches_its_definition():
+    from fewstep.resshift.two_stage import edge_shortfall
+
+    g = torch.Generator().manual_seed(0)
+    hr = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 64, 64, generator=g), 3, 1, 1)
+    assert float(edge_shortfall(hr, hr)) < 1e-5  # identical edges: no shortfall
+    assert float(edge_shortfall(hr * 2, hr)) < 1e-5  # stronger edges are never penalised
+    assert float(edge_shortfall(hr * 0.5, hr)) == pytest.approx(0.5, abs=1e-3)  # half as strong
+    flat = torch.full_like(hr, 0.5)
+    assert float(edge_shortfall(flat, hr)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_refiner_trainer_runs_from_a_stage_one_cache(tmp_path):
+    """`trainer: resshift-refiner` on a tiny hand-made cache: it trains, logs every loss term, and
+    exports a UNet whose last conv has moved away from its zero start."""
+    from safetensors.torch import load_file
+
+    from fewstep.resshift.patch_ae import PatchAutoencoder
+    from fewstep.resshift.two_stage import train
+    from fewstep.training.config import load_config
+
+    g = torch.Generator().manual_seed(0)
+    hr = (torch.rand(3, 3, 64, 64, generator=g) * 255).to(torch.uint8)
+    y = torch.nn.functional.avg_pool2d(hr.float(), 3, 1, 1).round().to(torch.uint8)  # a blurrier "stage 1"
+    torch.save({"hr": hr, "y": y, "preset": torch.zeros(3, dtype=torch.long)}, tmp_path / "cache.pt")
+    ae = PatchAutoencoder(embed_dim=48, channels=[8, 8], blocks=[0, 0])
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(tmp_path / "ae.safetensors"))
+    cfg = load_config(ROOT / "configs" / "fewstep_x4_refiner.yaml", [
+        f"out_dir={tmp_path / 'run'}", f"autoencoder.weights={tmp_path / 'ae.safetensors'}",
+        f"data.cache_file={tmp_path / 'cache.pt'}", f"data.hr_dir={tmp_path}", "data.crop=64",
+        "model.image_size=16", "model.lq_size=64", "loss.edge_recovery_weight=1.0",
+        "train.steps=4", "train.batch_size=2", "train.warmup=1", "train.log_every=2", "train.ckpt_every=4"])
+    assert cfg["trainer"] == "resshift-refiner"
+    res = train(cfg, quiet=True)
+    assert res["step"] == 4
+    header = (tmp_path / "run" / "train.csv").read_text().splitlines()[0].split(",")
+    assert {"mse", "l1", "edge", "edge_shortfall"} <= set(header)
+    sd = load_file(str(tmp_path / "run" / "export" / "unet.safetensors"))
+    assert sd["out.2.weight"].float().abs().max() > 0
