@@ -104,7 +104,7 @@ def load_folder(folder, weights=None, device="cpu", dtype="fp32", tile: int | No
         from .two_stage import load_two_stage
 
         return load_two_stage(name or card.get("name", folder.name), weights=folder, device=device, dtype=dtype,
-                              tile=tile, overlap=overlap, blend=blend, steps=steps, quiet=quiet, **unused)
+                              tile=-1 if tile is None else tile, overlap=overlap, blend=blend, steps=steps, quiet=quiet, **unused)
     if card.get("type") != "resshift":
         raise FewstepError(f"{card_path}: model type {card.get('type')!r} is not 'resshift'")
     missing = [k for k in ("unet", "vq", "chain", "scale", "unet_file", "vq_file") if k not in card]

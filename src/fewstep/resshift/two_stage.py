@@ -277,14 +277,15 @@ def model_dir() -> Path:
 
 
 def load_two_stage(name: str = "fewstep-x4", weights=None, device: str = "cpu", dtype: str = "fp32",
-                   tile: int | None = None, overlap: int | None = None, blend: str = "gaussian",
+                   tile: int | None = -1, overlap: int | None = None, blend: str = "gaussian",
                    steps: int | None = None, grain: float | None = None, grain_from: int | None = None,
                    strength: float | None = None,
                    stage1_only: bool = False,
                    stage1_dtype: str | None = None, quiet: bool = True, **unused) -> TwoStageUpscaler:
     """Registry factory for `fewstep-x4` (or a folder `weights` holding the same files).
 
-    `tile` is in LR pixels for stage 1 (default 256; stage 2 tiles its x4 output at 4*tile);
+    `tile` is in LR pixels for stage 1 (-1: the card's, 256; 0 or None: whole image; stage 2
+    tiles its x4 output at 4*tile);
     `steps` respaces the refiner chain; `strength` scales the refiner's change to stage 1's output
     (1 = as trained, 0 = stage 1); `grain`/`grain_from` override the card's texture;
     `stage1_only=True` skips the refiner (to compare with stage 1 alone); `stage1_dtype` sets the
@@ -317,7 +318,7 @@ def load_two_stage(name: str = "fewstep-x4", weights=None, device: str = "cpu", 
     net = RRDBNet()
     sd = {k: v.float() for k, v in read_state_dict(folder / card["stage1_file"]).items()}
     net.load_state_dict(sd, strict=True)
-    t1 = 256 if tile is None else int(tile)
+    t1 = int(card.get("tile", 256)) if tile == -1 else int(tile or 0)
     if stage1_dtype is None:
         stage1_dtype = dtype
         if dtype == "fp32" and str(device) == "cpu" and _cpu_has_native_bf16():
