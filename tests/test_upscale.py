@@ -148,7 +148,7 @@ def test_released_model_offline_says_which_file_is_missing_and_where(tmp_path):
 
 
 def test_default_model_is_bundled_and_works_offline(tmp_path, monkeypatch):
-    """No --model, no weights anywhere, no network: the bundled fewstep-small restores the image."""
+    """No --model, no weights anywhere, no network: the bundled fewstep-x4 restores the image."""
     img = tmp_path / "x.png"
     Image.fromarray((np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)).save(img)
     monkeypatch.setenv("FEWSTEP_HOME", str(tmp_path / "empty-home"))

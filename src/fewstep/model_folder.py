@@ -18,9 +18,11 @@ from .errors import FewstepError
 
 MODEL_CARD = "fewstep_model.json"
 # card "type" -> the loader of that kind of folder, by name (this module imports no model code)
-FOLDER_LOADERS = {"resshift": "fewstep.resshift.models:load_folder", "sr3": "fewstep.skipdiff.sr3:load_folder"}
+FOLDER_LOADERS = {"resshift": "fewstep.resshift.models:load_folder", "sr3": "fewstep.skipdiff.sr3:load_folder",
+                  "two-stage": "fewstep.resshift.two_stage:load_folder"}
 # card "type" -> function(folder) -> the folder's ModelSpec (its options, checked by fewstep.registry.load)
-FOLDER_SPECS = {"resshift": "fewstep.resshift.models:folder_spec", "sr3": "fewstep.skipdiff.models:folder_spec"}
+FOLDER_SPECS = {"resshift": "fewstep.resshift.models:folder_spec", "sr3": "fewstep.skipdiff.models:folder_spec",
+                "two-stage": "fewstep.resshift.models:two_stage_folder_spec"}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -15,6 +15,7 @@ import typer
 # trainer name -> "module:function"; each is called as fn(config_dict, resume=..., quiet=...)
 TRAINERS: dict[str, str] = {
     "resshift": "fewstep.resshift.train:train",
+    "resshift-refiner": "fewstep.resshift.two_stage:train",
     "autoencoder": "fewstep.resshift.autoencoder_train:train",
     "sr3": "fewstep.skipdiff.train:train_sr3",
     "skipdiff_policy": "fewstep.skipdiff.train:train_policy",

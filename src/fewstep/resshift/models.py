@@ -7,6 +7,7 @@ from ..registry import ModelSpec, OptionSpec
 from ..weights import WeightFile
 from .presets import PRESETS, VQ_FILES
 
+
 SMALL_MODEL_DIR = ("data", "models", "fewstep-small")  # inside the fewstep package
 
 # The options every ResShift model takes (also model folders, `fewstep.load(FOLDER)`).
@@ -27,10 +28,42 @@ _TASKS = {"realsr": "sr", "bicsr": "sr", "inpaint": "inpaint", "faceir": "face"}
 
 
 def _small_file(name: str, sha256: str | None = None) -> WeightFile:
-    return WeightFile("/".join(SMALL_MODEL_DIR + (name,)), sha256=sha256, bundled=True)
+    return _bundled(SMALL_MODEL_DIR, name, sha256)
+
+
+X4_DIR = ("data", "models", "fewstep-x4")  # inside the fewstep package
+# fewstep-x4: the options of resshift/two_stage.py's load_two_stage
+X4_OPTIONS = (
+    OptionSpec("steps", int, None, "refiner steps, respaced from its chain (None: the card's, 1)", min=1),
+    OptionSpec("tile", int, None, "stage-1 tile in LR pixels (the refiner tiles at 4x); 0: no tiling; None: 256", min=0),
+    OptionSpec("overlap", int, None, "stage-1 tile overlap in LR pixels (None: 16)", min=0),
+    OptionSpec("blend", str, "gaussian", "tile blending", choices=("gaussian", "uniform")),
+    OptionSpec("strength", float, None, "share of the refiner's change applied (1 = as trained; None: the card's, 0.15)",
+               min=0.0),
+    OptionSpec("grain", float, None, "fine texture added to the finest latent channels (None: the card's, 0)", min=0.0),
+    OptionSpec("grain_from", int, None, "first latent channel that gets grain (None: the card's)", min=0),
+    OptionSpec("stage1_only", bool, False, "Real-ESRGAN alone, without the refiner (for comparisons)"),
+    OptionSpec("stage1_dtype", str, None, "stage-1 compute dtype (None: bf16 on CPUs with native bf16, else --dtype)",
+               choices=("fp32", "bf16", "fp16")),
+)
+
+
+def _bundled(folder: tuple[str, ...], name: str, sha256: str | None = None) -> WeightFile:
+    return WeightFile("/".join(folder + (name,)), sha256=sha256, bundled=True)
 
 
 MODELS = (
+    ModelSpec("fewstep-x4", "sr", 4,
+              "fewstep's default x4: Real-ESRGAN x4plus, then a small ResShift refiner trained by fewstep; ships inside "
+              "the package", "fewstep.resshift.two_stage:load_two_stage",
+              weights=(_bundled(X4_DIR, MODEL_CARD),
+                       _bundled(X4_DIR, "realesrgan_x4plus.safetensors",
+                                "9bfdc76d6ecace3e7a31e4acd1f08a0c2a8f9806734b2810eeca504a36fce136"),
+                       _bundled(X4_DIR, "refiner_unet.safetensors",
+                                "b5a0f192064f66fcf806aee4f6b9995e531e813304c9afc5c2259ea5009fec4f"),
+                       _bundled(X4_DIR, "refiner_autoencoder.safetensors",
+                                "6ec89e6c653e5a7ff447c12e9c5dd23a6096ccb615f864017d72ba146fc6874a")),
+              options=X4_OPTIONS, dtypes=DTYPES, default_tile=256, tile_tolerance=TILE_TOLERANCE),
     ModelSpec("fewstep-small", "sr", 4,
               "fewstep's own small ResShift (x4, 4 steps), trained on CPU on the shared photos; ships inside the package",
               "fewstep.resshift.models:load_small",
@@ -64,6 +97,18 @@ def folder_spec(folder) -> ModelSpec:
     return ModelSpec(str(card.get("name", Path(folder).name)), _TASKS.get(card.get("task"), card.get("task", "sr")),
                      int(card.get("scale", 4)), f"model folder {folder}", "fewstep.resshift.models:load_folder",
                      options=OPTIONS, dtypes=DTYPES, default_tile=card.get("tile", 256), tile_tolerance=TILE_TOLERANCE)
+
+
+def two_stage_folder_spec(folder) -> ModelSpec:
+    """The spec of a two-stage model folder (fewstep-x4's layout, e.g. a rebuilt copy)."""
+    from pathlib import Path
+
+    from ..model_folder import read_card
+
+    card = read_card(folder)
+    return ModelSpec(str(card.get("name", Path(folder).name)), "sr", int(card.get("scale", 4)), f"model folder {folder}",
+                     "fewstep.resshift.two_stage:load_folder", options=X4_OPTIONS, dtypes=DTYPES,
+                     default_tile=card.get("tile", 256), tile_tolerance=TILE_TOLERANCE)
 
 
 def build_upscaler(unet, vq, chain_cfg: dict, *, scale: int, name: str, device="cpu", dtype="fp32",
