@@ -430,9 +430,14 @@ def test_unknown_opt_is_refused_on_the_default_model(tmp_path, capsys):
     capsys.readouterr()
     assert _cli("upscale", src, "-o", tmp_path / "out", "--opt", "no_such_option=1", "--quiet") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == ("error: model 'fewstep-small' has no option no_such_option "
-                       "(options: steps, tile, overlap, blend, tile_batch)")
-    assert not (tmp_path / "out" / "x.png").exists()
+    default = registry.get(registry.DEFAULT_MODEL)
+    assert err[-1] == (f"error: model {default.name!r} has no option no_such_option "
+                       f"(options: {', '.join(o.name for o in default.options)})")
+    assert "strength" in err[-1] and not (tmp_path / "out" / "x.png").exists()
+    # and on fewstep-small, the earlier default (a plain ResShift model)
+    assert _cli("upscale", src, "-o", tmp_path / "out", "-m", "fewstep-small", "--opt", "no_such_option=1", "--quiet") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: model 'fewstep-small' has no option no_such_option (options: steps, tile, overlap, blend, tile_batch)")
 
 
 def test_s3diff_color_fix_none_means_off(s3diff_weights):

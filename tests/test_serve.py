@@ -179,7 +179,8 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server():
     # --port 0: the OS picks a free port and the command prints its URL
-    proc = subprocess.Popen(_fewstep("serve", "--port", "0", "--device", "cpu", "--max-pixels", "100000",
+    # fewstep-small: its 4 sampler steps show the step-by-step progress the test follows
+    proc = subprocess.Popen(_fewstep("serve", "--port", "0", "--model", "fewstep-small", "--device", "cpu", "--max-pixels", "100000",
                                      "--max-upload-bytes", "200000"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     url, lines = None, []
@@ -277,7 +278,8 @@ def test_page_result_is_the_cli_png_and_errors_are_shown(browser, server, tmp_pa
 
     # the CLI reference, computed while the page works (same model, options and seed)
     cli_out = tmp_path / "cli"
-    cli = subprocess.Popen(_fewstep("upscale", str(FLOWER), "-o", str(cli_out), "-q", "--seed", "0", "--device", "cpu"),
+    cli = subprocess.Popen(_fewstep("upscale", str(FLOWER), "-o", str(cli_out), "-q", "--seed", "0", "--device", "cpu",
+                                    "--model", "fewstep-small"),
                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     driver.get(url)

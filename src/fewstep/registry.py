@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelSpec", "OptionSpec", "WeightFile", "models", "get", "missing_weights", "load",
            "resolve_object", "validate_options", "GENERIC_OPTIONS", "ENTRY_POINT_GROUP"]
 
+DEFAULT_MODEL = "fewstep-x4"  # `fewstep upscale` and `fewstep serve` without --model: bundled, works offline
 ENTRY_POINT_GROUP = "fewstep.models"
 # Arguments every factory takes (the caller's run settings rather than model options).
 GENERIC_OPTIONS = ("weights", "device", "dtype", "quiet")

@@ -11,7 +11,7 @@ import typer
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default; 0.0.0.0 exposes the page)."),
     port: int = typer.Option(7860, "--port", help="Port (0 = any free port; the URL is printed)."),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model selected and loaded at start (default: fewstep-small)."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model selected and loaded at start (default: the CLI's, fewstep-x4)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder holding the models' weight files."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (autocast)."),

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-DEFAULT_MODEL = "fewstep-x4"  # bundled with the package: works offline out of the box
+from ..registry import DEFAULT_MODEL  # noqa: E402  (bundled with the package: works offline)
 
 
 def _parse_tile(value: str | None) -> int | None | str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import FewstepError
 
-DEFAULT_MODEL = "fewstep-small"  # the CLI's default: bundled, works offline
+from ..registry import DEFAULT_MODEL  # noqa: E402  (the CLI's default: bundled, works offline)
 
 
 @dataclass(frozen=True)
