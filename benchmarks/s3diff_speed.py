@@ -22,15 +22,7 @@ import time
 
 import torch
 
-SD21_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
-                 cross_attention_dim=1024, use_linear_projection=True,
-                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                   "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-              block_out_channels=(128, 256, 512, 512), sample_size=768,
-              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+from bench_common import SD21_UNET, SD_VAE  # noqa: E402  (the full-size SD-Turbo shapes, one definition)
 
 
 def build(device: str, dtype: str):

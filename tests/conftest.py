@@ -14,6 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 # its MANIFEST.json), so a clone with nothing beside it passes
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 S3DIFF_FIX = Path(__file__).parent / "fixtures" / "s3diff"
+RESSHIFT_FIX = Path(__file__).parent / "fixtures" / "resshift"
+
+
+def write_tiny_model_folder(d: Path) -> Path:
+    """A fewstep model folder in `d` holding the official-format tiny ResShift fixture weights
+    (default tile 64, overlap 16)."""
+    import json
+
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(RESSHIFT_FIX / "unet_tiny.pth", d / "unet.pth")
+    shutil.copy(RESSHIFT_FIX / "vq_tiny.pth", d / "vq.pth")
+    card = {
+        "type": "resshift", "name": "tiny", "scale": 4, "task": "realsr", "tile": 64, "overlap": 16,
+        "unet": json.loads((RESSHIFT_FIX / "unet_tiny_config.json").read_text())["constructor_kwargs"],
+        "vq": json.loads((RESSHIFT_FIX / "vq_tiny_config.json").read_text())["constructor_kwargs"],
+        "chain": {"steps": 4, "min_noise_level": 0.2, "kappa": 2.0, "etas_end": 0.99, "power": 0.3},
+        "unet_file": "unet.pth", "vq_file": "vq.pth",
+    }
+    (d / "fewstep_model.json").write_text(json.dumps(card))
+    return d
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_model_folder
 from PIL import Image
 
 import fewstep
 from fewstep.errors import FewstepError
 
-FIX = Path(__file__).parent / "fixtures" / "resshift"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -757,19 +757,7 @@ def test_api_keeps_kind_dtype_and_range(up):
 
 def tiny_model(root: Path) -> Path:
     """A model folder holding the official-format tiny ResShift fixture (default tile 64, overlap 16)."""
-    d = root / "tiny_model"
-    d.mkdir(exist_ok=True)
-    shutil.copy(FIX / "unet_tiny.pth", d / "unet.pth")
-    shutil.copy(FIX / "vq_tiny.pth", d / "vq.pth")
-    card = {
-        "type": "resshift", "name": "tiny", "scale": 4, "task": "realsr", "tile": 64, "overlap": 16,
-        "unet": json.loads((FIX / "unet_tiny_config.json").read_text())["constructor_kwargs"],
-        "vq": json.loads((FIX / "vq_tiny_config.json").read_text())["constructor_kwargs"],
-        "chain": {"steps": 4, "min_noise_level": 0.2, "kappa": 2.0, "etas_end": 0.99, "power": 0.3},
-        "unet_file": "unet.pth", "vq_file": "vq.pth",
-    }
-    (d / "fewstep_model.json").write_text(json.dumps(card))
-    return d
+    return write_tiny_model_folder(root / "tiny_model")
 
 
 def test_each_rank_gets_its_own_gpu(monkeypatch):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,26 +13,15 @@ import torch
 from PIL import Image
 
 import fewstep
+from conftest import write_tiny_model_folder
 from fewstep.tiling import TileBlender, plan_tiles, run_tiled, tile_starts
 
-FIX = Path(__file__).parent / "fixtures" / "resshift"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A fewstep model folder holding the official-format tiny fixture weights."""
-    d = tmp_path_factory.mktemp("tiny_model")
-    shutil.copy(FIX / "unet_tiny.pth", d / "unet.pth")
-    shutil.copy(FIX / "vq_tiny.pth", d / "vq.pth")
-    card = {
-        "type": "resshift", "name": "tiny", "scale": 4, "task": "realsr", "tile": 64, "overlap": 16,
-        "unet": json.loads((FIX / "unet_tiny_config.json").read_text())["constructor_kwargs"],
-        "vq": json.loads((FIX / "vq_tiny_config.json").read_text())["constructor_kwargs"],
-        "chain": {"steps": 4, "min_noise_level": 0.2, "kappa": 2.0, "etas_end": 0.99, "power": 0.3},
-        "unet_file": "unet.pth", "vq_file": "vq.pth",
-    }
-    (d / "fewstep_model.json").write_text(json.dumps(card))
-    return d
+    return write_tiny_model_folder(tmp_path_factory.mktemp("tiny_model"))
 
 
 # ------------------------------------------------------------------------------- tile plans
