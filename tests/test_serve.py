@@ -75,60 +75,40 @@ def test_progress_reports_tiles_and_cancels_between_tiles():
     assert calls == [1]
 
 
-def test_model_adapter_reads_the_registry_interface(monkeypatch, tmp_path):
-    """serve/models.py switches to `fewstep.registry` when it exists (the interface of issue 11):
-    presence and hints from missing_weights, typed options with defaults, loading through
-    registry.load once per (model, options)."""
-    import types
-    from dataclasses import dataclass
-
+def test_model_adapter_reads_the_registry(monkeypatch, tmp_path):
+    """serve/models.py is the page's view of `fewstep.registry`: presence and hints from
+    missing_weights, typed options with their defaults, values checked as `--opt` is, and loading
+    through registry.load once per (model, options)."""
+    from fewstep import registry
     from fewstep.errors import FewstepError
     from fewstep.serve import models as adapter
 
-    @dataclass(frozen=True)
-    class OptionSpec:
-        name: str
-        type: type
-        default: object
-        help: str = ""
-        choices: tuple | None = None
-        min: float | None = None
-        max: float | None = None
-
-    @dataclass(frozen=True)
-    class ModelSpec:
-        name: str
-        task: str
-        scale: int
-        description: str
-        options: tuple = ()
-
-    specs = {"a": ModelSpec("a", "sr", 4, "model a", (OptionSpec("steps", int, 4, "steps", None, 1, 15),
-                                                      OptionSpec("color_fix", str, "wavelet", "", ("none", "wavelet")))),
-             "b": ModelSpec("b", "inpaint", 1, "model b")}
-    loads = []
-    fake = types.ModuleType("fewstep.registry")
-    fake.models = lambda: specs
-    fake.missing_weights = lambda spec, weights=None: [] if spec.name == "a" else [f"put b.pth in {weights}"]
-    fake.load = lambda name, **kw: loads.append((name, kw)) or object()
-    monkeypatch.setitem(sys.modules, "fewstep.registry", fake)
-
-    infos = {m.name: m for m in adapter.list_models(tmp_path)}
-    assert infos["a"].present and not infos["b"].present
-    assert infos["b"].hint == f"put b.pth in {tmp_path}" and infos["b"].needs_mask
-    steps = infos["a"].to_json()["options"][0]
-    assert (steps["name"], steps["type"], steps["default"], steps["min"], steps["max"]) == ("steps", "int", 4, 1, 15)
+    monkeypatch.setenv("FEWSTEP_HOME", str(tmp_path / "home"))  # an empty cache: released models are absent
+    infos = {m.name: m for m in adapter.list_models(None)}
+    assert set(infos) == set(registry.models())
+    assert infos["fewstep-small"].present and infos["bicubic"].present
+    assert not infos["realsr-v3"].present
+    assert f"resshift_realsrx4_s4_v3.pth in {tmp_path / 'home'}" in infos["realsr-v3"].hint
+    # with --weights DIR the hints name DIR
+    assert f"in {tmp_path}" in {m.name: m for m in adapter.list_models(tmp_path)}["realsr-v3"].hint
+    assert infos["inpaint-imagenet"].needs_mask and not infos["fewstep-small"].needs_mask
+    steps = {o["name"]: o for o in infos["fewstep-small"].to_json()["options"]}["steps"]
+    assert (steps["type"], steps["default"], steps["min"]) == ("int", None, 1)
     # page values -> typed options; defaults are left to the model; bad values are one-line errors
-    assert adapter.coerce_options(infos["a"], {"steps": "2", "color_fix": "wavelet"}) == {"steps": 2}
-    for bad, text in (({"steps": "x"}, "expected int"), ({"steps": 99}, "must be in [1, 15]"),
-                      ({"color_fix": "magic"}, "must be one of none, wavelet"), ({"guidance": 1}, "has no option")):
+    small = infos["fewstep-small"]
+    assert adapter.coerce_options(small, {"steps": "2", "blend": "gaussian", "tile": ""}) == {"steps": 2}
+    for bad, text in (({"steps": "x"}, "must be an integer"), ({"steps": 0}, "must be >= 1"),
+                      ({"blend": "magic"}, "must be one of gaussian, uniform"), ({"guidance": 1}, "has no option")):
         with pytest.raises(FewstepError, match=re.escape(text)):
-            adapter.coerce_options(infos["a"], bad)
+            adapter.coerce_options(small, bad)
+    loads = []
+    monkeypatch.setattr(registry, "load", lambda name, **kw: loads.append((name, kw)) or object())
     cache = adapter.ModelCache(tmp_path, device="cpu")
-    m1 = cache.get("a", {"steps": 2})
-    assert cache.get("a", {"steps": 2}) is m1 and len(loads) == 1
-    cache.get("a", {})
-    assert len(loads) == 2 and loads[0] == ("a", dict(weights=tmp_path, device="cpu", dtype="fp32", quiet=True, steps=2))
+    m1 = cache.get("fewstep-small", {"steps": 2})
+    assert cache.get("fewstep-small", {"steps": 2}) is m1 and len(loads) == 1
+    cache.get("fewstep-small", {})
+    assert len(loads) == 2
+    assert loads[0] == ("fewstep-small", dict(weights=tmp_path, device="cpu", dtype="fp32", quiet=True, steps=2))
 
 
 # ----------------------------------------------------------------------------- browser test

@@ -17,9 +17,10 @@ def run(*, host: str = "127.0.0.1", port: int = 7860, model: str | None = None, 
         device: str = "cpu", dtype: str = "fp32", max_bytes: int = 50_000_000, max_pixels: int = 16_000_000,
         max_files: int = 32) -> None:
     from ..errors import FewstepError
+    from ..registry import DEFAULT_MODEL  # the CLI's default: bundled, works offline
     from .app import App, make_server
     from .jobs import JobManager
-    from .models import DEFAULT_MODEL, ModelCache, list_models
+    from .models import ModelCache, list_models
 
     infos = list_models(weights)
     by_name = {m.name: m for m in infos}

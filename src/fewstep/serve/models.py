@@ -2,16 +2,13 @@
 present) with the "put FILE in DIR" hint for the others, the options each declares with its
 defaults, and loading a model once for reuse.
 
-This file is the only place `fewstep serve` touches the registry. When `fewstep.registry` (its
-typed `ModelSpec`/`OptionSpec`, `missing_weights`, `load`) is importable it is used; otherwise the
-information is derived from what exists today: `fewstep.upscaler.available()`, the factories'
-signatures, the ResShift presets' weight files and `fewstep.weights.find_local`.
+This file is the only place `fewstep serve` touches the registry (`fewstep.registry`: the typed
+`ModelSpec`/`OptionSpec`, `missing_weights`, `load`); option values are checked by the same
+`fewstep.options.coerce` as `--opt`.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +16,6 @@ from typing import Any
 
 from ..errors import FewstepError
 
-from ..registry import DEFAULT_MODEL  # noqa: E402  (the CLI's default: bundled, works offline)
 
 
 @dataclass(frozen=True)
@@ -53,127 +49,40 @@ class ModelInfo:
                 "options": [o.to_json() for o in self.options], "needs_mask": self.needs_mask}
 
 
-def _registry():
-    try:
-        return importlib.import_module("fewstep.registry")
-    except ModuleNotFoundError as e:
-        if e.name == "fewstep.registry":
-            return None
-        raise
+def list_models(weights: str | Path | None = None) -> list[ModelInfo]:
+    from .. import registry
 
-
-# ----------------------------------------------------------------------------- with fewstep.registry
-
-
-def _from_registry(reg, weights) -> list[ModelInfo]:
     out = []
-    for name, spec in sorted(reg.models().items()):
-        hints = reg.missing_weights(spec, weights)
+    for name, spec in sorted(registry.models().items()):
+        hints = registry.missing_weights(spec, weights)
         opts = tuple(Option(o.name, getattr(o.type, "__name__", str(o.type)), o.default, o.help, o.choices, o.min, o.max)
                      for o in spec.options)
         out.append(ModelInfo(name, spec.description, not hints, "; ".join(hints), opts, spec.task == "inpaint"))
     return out
 
 
-# ----------------------------------------------------------------------------- without (today)
-
-# generic loader arguments that are not per-model options on the page
-_NOT_OPTIONS = {"name", "weights", "device", "dtype", "quiet", "download", "tile_batch"}
-_HELP = {"steps": "sampling steps (respaced)", "tile": "tile size in input pixels, 0 = whole image",
-         "overlap": "tile overlap in input pixels", "blend": "tile blending", "scale": "upscaling factor"}
-_CHOICES = {"blend": ("gaussian", "uniform")}
-
-
-def _signature_options(factory) -> tuple[Option, ...]:
-    params = dict(inspect.signature(factory).parameters)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and len(params) <= 3:
-        # a thin wrapper (load_small(**kwargs)) -> the ResShift folder loader's options
-        from ..resshift.models import load_folder
-
-        params = dict(inspect.signature(load_folder).parameters)
-    opts = []
-    for p in params.values():
-        if p.name in _NOT_OPTIONS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.default is p.empty:
-            continue
-        d = p.default
-        ann = str(p.annotation)
-        typ = type(d).__name__ if d is not None else ("int" if "int" in ann else "float" if "float" in ann else "str")
-        if typ not in ("int", "float", "str", "bool"):
-            continue
-        opts.append(Option(p.name, typ, d, _HELP.get(p.name, ""), _CHOICES.get(p.name),
-                           (1 if p.name in ("steps", "scale") else 0) if typ == "int" else None))
-    return tuple(opts)
-
-
-def _missing_files(name: str, weights) -> list[str]:
-    from ..weights import cache_dir, find_local
-
-    try:
-        from ..resshift.presets import PRESETS, VQ_FILES
-    except ModuleNotFoundError:
-        return []
-    if name not in PRESETS:
-        return []
-    p = PRESETS[name]
-    folder = Path(weights) if weights else cache_dir()
-    return [f"put {wf.filename} in {folder}" for wf in (p["unet_file"], VQ_FILES[p["vq"]][0])
-            if find_local(wf, weights) is None]
-
-
-def _from_available(weights) -> list[ModelInfo]:
-    from ..upscaler import available
-
-    out = []
-    for name, entry in sorted(available().items()):
-        module_name, func_name = entry.factory.split(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), func_name)
-        except ImportError as e:  # optional dependency of that model is not installed
-            out.append(ModelInfo(name, entry.description, False, f"needs a package that is not installed ({e.name})"))
-            continue
-        hints = _missing_files(name, weights)
-        out.append(ModelInfo(name, entry.description, not hints, "; ".join(hints), _signature_options(factory),
-                             "inpaint" in name))
-    return out
-
-
 # ----------------------------------------------------------------------------- public
 
 
-def list_models(weights: str | Path | None = None) -> list[ModelInfo]:
-    reg = _registry()
-    return _from_registry(reg, weights) if reg is not None else _from_available(weights)
-
-
 def coerce_options(info: ModelInfo, values: dict) -> dict:
-    """Page values (strings/numbers, "" = model default) -> typed load options; only the options
-    the user set are returned (like the CLI, so the model's defaults stay its own)."""
-    declared = {o.name: o for o in info.options}
+    """Page values (strings/numbers, "" = model default) -> typed load options, checked as `--opt`
+    is; only the options the user set and changed are returned (like the CLI, so the model's
+    defaults stay its own)."""
+    from .. import registry
+    from ..options import coerce
+
+    spec = registry.get(info.name)
+    valid = ", ".join(o.name for o in spec.options) or "none"
     out = {}
     for key, raw in (values or {}).items():
-        if key not in declared:
-            raise FewstepError(f"model {info.name!r} has no option {key!r} (options: {', '.join(declared) or 'none'})")
-        o = declared[key]
+        opt = spec.option(key)
+        if opt is None:
+            raise FewstepError(f"model {info.name!r} has no option {key!r} (options: {valid})")
         if raw is None or raw == "":
             continue
-        try:
-            if o.type == "bool":
-                v = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
-            elif o.type == "int":
-                v = int(raw)
-            elif o.type == "float":
-                v = float(raw)
-            else:
-                v = str(raw)
-        except (TypeError, ValueError):
-            raise FewstepError(f"option {key}: expected {o.type}, got {raw!r}") from None
-        if o.choices and v not in o.choices:
-            raise FewstepError(f"option {key}: must be one of {', '.join(map(str, o.choices))}, got {v!r}")
-        if o.min is not None and v < o.min or o.max is not None and v > o.max:
-            raise FewstepError(f"option {key}: must be in [{o.min}, {o.max}], got {v}")
-        if v == o.default:
-            continue
-        out[key] = v
+        v = coerce(info.name, opt, raw, valid)
+        if v != opt.default:
+            out[key] = v
     return out
 
 
@@ -201,9 +110,6 @@ class ModelCache:
     def _load(self, name: str, options: dict):
         # the same keyword set `fewstep upscale` passes, so results are byte-identical
         kwargs = dict(weights=self.weights, device=self.device, dtype=self.dtype, quiet=True, **options)
-        reg = _registry()
-        if reg is not None:
-            return reg.load(name, **kwargs)
-        from .. import load
+        from .. import registry
 
-        return load(name, **kwargs)
+        return registry.load(name, **kwargs)
