@@ -14,7 +14,6 @@ file). The model card (MODEL_CARD.md) is written by hand from the logs and `fews
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,10 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PHOTOS = ROOT.parent / "shared" / "data" / "photos" / "train"
 SCRATCH = ROOT / "scratch"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cmd_pca(args) -> None:
@@ -53,6 +48,7 @@ def cmd_package(args) -> None:
     from safetensors.torch import save_file
 
     from fewstep.baselines.rrdbnet import NCNN_BIN, NCNN_PARAM, convert_ncnn, ncnn_package_dir
+    from fewstep.model_folder import write_model_folder
 
     meta = json.loads((args.export / "resshift.json").read_text())
     out = args.out
@@ -84,9 +80,8 @@ def cmd_package(args) -> None:
         "tile": 256,
         "overlap": 16,
         "training": {"refiner_step": meta["step"], "ema": meta["ema"], "dtype": meta["dtype"]},
-        "sha256": {f: sha256(out / f) for f in files},
     }
-    (out / "fewstep_model.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_model_folder(out, card, files)  # adds the sha256 of each file
     for f in files:
         (out / f).chmod(0o644)
     total = sum((out / f).stat().st_size for f in files)

@@ -9,12 +9,12 @@ bundled model with it too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import FewstepError
+from .weights import sha256_file
 
 MODEL_CARD = "fewstep_model.json"
 # card "type" -> the loader of that kind of folder, by name (this module imports no model code)
@@ -23,14 +23,6 @@ FOLDER_LOADERS = {"resshift": "fewstep.resshift.models:load_folder", "sr3": "few
 # card "type" -> function(folder) -> the folder's ModelSpec (its options, checked by fewstep.registry.load)
 FOLDER_SPECS = {"resshift": "fewstep.resshift.models:folder_spec", "sr3": "fewstep.skipdiff.models:folder_spec",
                 "two-stage": "fewstep.resshift.models:two_stage_folder_spec"}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resshift_card(*, name: str, scale: int, unet: dict, vq: dict, chain: dict, task: str = "sr",

@@ -193,6 +193,15 @@ def _verified_cache() -> Path:
     return fewstep_home() / "verified_sha256.json"
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file, read in chunks (weights are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify_sha256(path: str | Path, expected: str) -> None:
     """Raise FewstepError("PATH: sha256 mismatch ...") unless the file's sha256 is `expected`."""
     import json
@@ -216,11 +225,7 @@ def verify_sha256(path: str | Path, expected: str) -> None:
     if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns \
             and hit.get("sha256") == expected:
         return
-    digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    actual = digest.hexdigest()
+    actual = sha256_file(p)
     if actual != expected:
         raise FewstepError(f"{p}: sha256 mismatch (expected {expected[:16]}..., file has {actual[:16]}...): "
                            "the file is corrupt or not the released one; restore or download it again")
