@@ -20,13 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import FewstepError, ImageReadError
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (the project's one lister: fewstep.imageio)."""
-    from .imageio import list_folder
-
-    return list_folder(folder)
-
+from .imageio import list_folder as list_images  # the project's one image lister
 
 def _read_rgb(path: Path) -> np.ndarray:
     """HxWx3 float32 RGB in [0,1] (EXIF, 16-bit, palette ... handled by fewstep.imageio)."""

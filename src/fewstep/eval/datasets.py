@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import FewstepError
-from ..utils.seeding import seed_from
-
 from ..imageio import IMAGE_EXTENSIONS
+from ..imageio import list_folder as list_images  # the project's one image lister
+from ..utils.seeding import seed_from
 
 IMAGE_EXTS = tuple("." + e for e in IMAGE_EXTENSIONS)  # the project's one list (fewstep.imageio)
 
@@ -27,12 +27,6 @@ class Dataset:
     @property
     def prepared(self) -> bool:
         return self.lr_dir is not None
-
-
-def list_images(folder: Path) -> list[Path]:
-    from ..imageio import list_folder  # the project's one image lister (imported late: numpy)
-
-    return list_folder(folder)
 
 
 def make_datasets(data_dirs: Sequence[str | Path], degradations: Sequence[str] = ()) -> list[Dataset]:
