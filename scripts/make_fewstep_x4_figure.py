@@ -3,9 +3,10 @@
     python scripts/make_fewstep_x4_figure.py --data ../shared/data/photos/eval -o docs/fewstep_x4_comparison.png
 
 For each photo: the LR exactly as `fewstep eval --degradation resshift-test` makes it (seed 0),
-then bicubic, Real-ESRGAN x4plus, fewstep-x4 and the HR; below each image a 2x zoom (nearest
-neighbour) of the 128x128 window where the HR has the most edge energy (chosen automatically so
-no window is hand-picked).
+then bicubic, Real-ESRGAN x4plus, fewstep-x4 and the HR; below each image two 2x zooms (nearest
+neighbour): the 128x128 window where the HR has the most edge energy (red box) and the one where it
+has the least (blue box: flat areas, where fewstep-x4 restores texture). Windows are chosen
+automatically, so none is hand-picked.
 """
 
 from __future__ import annotations
@@ -19,25 +20,22 @@ DEFAULT_PHOTOS = ("flower.png", "seeding_by_Clements_Engelhardt.png", "Bridge_by
 COLUMNS = ("LR (nearest)", "bicubic", "Real-ESRGAN x4plus", "fewstep-x4 (default)", "HR")
 
 
-def busiest_window(hr: np.ndarray, size: int) -> tuple[int, int]:
-    """Top-left corner of the size x size window (stride size/4) with the largest gradient energy."""
+def edge_windows(hr: np.ndarray, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Top-left corners of the size x size windows (stride size/4) with the largest and the smallest
+    gradient energy."""
     y = hr.astype(np.float64).mean(2)
     g = np.abs(np.diff(y, axis=0))[:, :-1] + np.abs(np.diff(y, axis=1))[:-1, :]
-    best, pos = -1.0, (0, 0)
     step = size // 4
-    for top in range(0, g.shape[0] - size + 1, step):
-        for left in range(0, g.shape[1] - size + 1, step):
-            e = float(g[top:top + size, left:left + size].sum())
-            if e > best:
-                best, pos = e, (top, left)
-    return pos
+    energy = {(top, left): float(g[top:top + size, left:left + size].sum())
+              for top in range(0, g.shape[0] - size + 1, step) for left in range(0, g.shape[1] - size + 1, step)}
+    return max(energy, key=energy.get), min(energy, key=energy.get)
 
 
 def main() -> None:
     from PIL import Image, ImageDraw
 
     import fewstep
-    from fewstep.evaluate import Dataset, load_pair
+    from fewstep.eval.datasets import Dataset, load_pair
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -60,17 +58,18 @@ def main() -> None:
         lr_big = np.asarray(Image.fromarray(lr).resize((hr.shape[1], hr.shape[0]), Image.NEAREST))
         images = [lr_big, *outs, hr]
         zoom = 128
-        top, left = busiest_window(hr, zoom)
-        full_row, zoom_row = [], []
+        windows = list(zip(edge_windows(hr, zoom), ((255, 0, 0), (0, 90, 255))))
+        full_row, zoom_rows = [], [[] for _ in windows]
         for img in images:
             im = Image.fromarray(img).resize((cell, cell), Image.LANCZOS)
             d = ImageDraw.Draw(im)
             s = cell / img.shape[0]
-            d.rectangle([left * s, top * s, (left + zoom) * s, (top + zoom) * s], outline=(255, 0, 0))
+            for k, ((top, left), colour) in enumerate(windows):
+                d.rectangle([left * s, top * s, (left + zoom) * s, (top + zoom) * s], outline=colour)
+                crop = img[top:top + zoom, left:left + zoom]
+                zoom_rows[k].append(Image.fromarray(crop).resize((cell, cell), Image.NEAREST))
             full_row.append(im)
-            crop = img[top:top + zoom, left:left + zoom]
-            zoom_row.append(Image.fromarray(crop).resize((cell, cell), Image.NEAREST))
-        rows += [full_row, zoom_row]
+        rows += [full_row, *zoom_rows]
     width = cell * len(COLUMNS)
     canvas = Image.new("RGB", (width, label_h + cell * len(rows)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)

@@ -76,7 +76,8 @@ def cmd_package(args) -> None:
         "chain": meta["diffusion"],
         "unet_file": files[1],
         "vq_file": files[2],
-        "sampling": {"steps": args.steps, "strength": args.strength, "grain": args.grain, "grain_from": args.grain_from},
+        "sampling": {"steps": args.steps, "strength": args.strength, "flat_strength": args.flat_strength,
+                     "flat_tau": args.flat_tau, "flat_sigma": 2.0, "grain": args.grain, "grain_from": args.grain_from},
         "tile": 256,
         "overlap": 16,
         "training": {"refiner_step": meta["step"], "ema": meta["ema"], "dtype": meta["dtype"]},
@@ -103,7 +104,9 @@ def main() -> None:
     p.add_argument("--autoencoder", type=Path, default=SCRATCH / "refiner_ae.safetensors")
     p.add_argument("--out", type=Path, default=ROOT / "src" / "fewstep" / "data" / "models" / "fewstep-x4")
     p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--strength", type=float, default=0.05)
+    p.add_argument("--flat-strength", type=float, default=0.75)
+    p.add_argument("--flat-tau", type=float, default=3.0)
     p.add_argument("--grain", type=float, default=0.0)
     p.add_argument("--grain-from", type=int, default=24)
     args = ap.parse_args()

@@ -38,8 +38,12 @@ X4_OPTIONS = (
     OptionSpec("tile", int, None, "stage-1 tile in LR pixels (the refiner tiles at 4x); 0: no tiling; None: 256", min=0),
     OptionSpec("overlap", int, None, "stage-1 tile overlap in LR pixels (None: 16)", min=0),
     OptionSpec("blend", str, "gaussian", "tile blending", choices=("gaussian", "uniform")),
-    OptionSpec("strength", float, None, "share of the refiner's change applied (1 = as trained; None: the card's, 0.15)",
-               min=0.0),
+    OptionSpec("strength", float, None, "share of the refiner's change applied at edges and in texture (1 = as "
+               "trained; None: the card's, 0.05)", min=0.0),
+    OptionSpec("flat_strength", float, None, "share applied where stage 1's output is flat (None: the card's, 0.75; "
+               "-1: off, `strength` everywhere)", min=-1.0),
+    OptionSpec("flat_tau", float, None, "local luma std (0-255) at which an area stops counting as flat (None: the "
+               "card's, 3.0)", min=0.01),
     OptionSpec("grain", float, None, "fine texture added to the finest latent channels (None: the card's, 0)", min=0.0),
     OptionSpec("grain_from", int, None, "first latent channel that gets grain (None: the card's)", min=0),
     OptionSpec("stage1_only", bool, False, "Real-ESRGAN alone, without the refiner (for comparisons)"),

@@ -9,7 +9,11 @@ refiner is trained by fewstep's engine (`trainer: resshift-refiner`) on cached s
 degraded training crops, with the latent MSE plus an L1 and a Sobel-gradient L1 on the decoded
 image (so edges are kept and sharpened, not averaged away).
 
-Sampling: the respaced chain (1-2 steps) ends at the predicted x0. `grain` (>= 0) then adds
+Sampling: the respaced chain (1-2 steps) ends at the predicted x0. Its change to stage 1's output
+is applied with a strength that depends on how flat stage 1's output is there (`flat_strength`,
+`flat_tau`): Real-ESRGAN paints flat areas (sky, bokeh, skin) plastic-smooth, which the refiner
+turns back into fine natural texture at little fidelity cost, while at edges and in busy texture its
+change is mostly sharpening that costs PSNR, so there it is damped to `strength`. `grain` (>= 0) then adds
 Gaussian noise of that standard deviation to the whitened latent channels from `grain_from` on:
 the lowest-variance PCA components, i.e. the finest 4x4 patch patterns, so the texture has the
 spectrum of natural fine detail (1.0 = as strong as average natural fine detail). Stage 1
@@ -202,10 +206,25 @@ def train(config: dict[str, Any], resume: bool = True, quiet: bool = False) -> d
 class Refiner:
     """Stage 2: the respaced scale-1 ResShift chain on stage 1's output, images in [-1, 1]."""
 
-    def __init__(self, unet, vq, chain, *, grain: float = 0.0, grain_from: int = 24, strength: float = 1.0):
+    def __init__(self, unet, vq, chain, *, grain: float = 0.0, grain_from: int = 24, strength: float = 1.0,
+                 flat_strength: float | None = None, flat_tau: float = 2.0, flat_sigma: float = 2.0):
         self.unet, self.vq, self.chain = unet.eval(), vq.eval(), chain
         self.grain, self.grain_from, self.strength = float(grain), int(grain_from), float(strength)
+        self.flat_strength = None if flat_strength is None else float(flat_strength)
+        self.flat_tau, self.flat_sigma = float(flat_tau), float(flat_sigma)
         self.multiple = int(unet.lq_size)  # pad so every level tiles into Swin windows
+
+    def strength_map(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-pixel strength (B, 1, H, W) for stage-1 output `y` in [-1, 1]:
+        strength + (flat_strength - strength) * exp(-local_std / flat_tau), where local_std is the
+        standard deviation of y's luma (0-255 scale) in a Gaussian window of `flat_sigma` pixels.
+        About 1 in flat areas (local std << tau), `strength` at edges and in texture."""
+        luma = (y * 0.5 + 0.5).mul(255).mul(torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype, device=y.device)
+                                           .view(1, 3, 1, 1)).sum(1, keepdim=True)
+        mean, mean_sq = gaussian_blur(luma, self.flat_sigma), gaussian_blur(luma * luma, self.flat_sigma)
+        local_std = (mean_sq - mean * mean).clamp_(min=0).sqrt_()
+        flat = torch.exp(-local_std / self.flat_tau)
+        return self.strength + (self.flat_strength - self.strength) * flat
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -225,11 +244,26 @@ class Refiner:
         for k, t in enumerate(reversed(range(steps))):
             tt = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
             z = self.chain.step(z, denoise(z, tt), tt, noise[k + 1])
-        if self.strength != 1.0:  # the refiner's change, scaled (the latent decodes linearly)
-            z = zy + self.strength * (z - zy)
+        if self.flat_strength is None and self.strength != 1.0:  # one strength: scale the change in the latent
+            z = zy + self.strength * (z - zy)  # (the latent decodes linearly)
         if self.grain:  # fine texture: noise on the finest (lowest-variance) PCA components only
             z = torch.cat([z[:, :self.grain_from], z[:, self.grain_from:] + self.grain * noise[-1][:, self.grain_from:]], 1)
-        return self.vq.decode(z)[..., :h, :w]
+        if self.flat_strength is None:
+            return self.vq.decode(z)[..., :h, :w]
+        base = self.vq.decode(zy)  # == yp up to rounding (the PCA latent is exactly invertible)
+        return (base + self.strength_map(yp) * (self.vq.decode(z) - base))[..., :h, :w]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (radius 3 sigma, reflect-padded) of (B, C, H, W)."""
+    r = min(max(1, int(3 * sigma + 0.5)), x.shape[-2] - 1, x.shape[-1] - 1)  # reflect needs pad < size
+    if r < 1:
+        return x
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma * sigma))
+    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(-1, 1, 1, 2 * r + 1), groups=x.shape[1])
+    return F.conv2d(x, k.view(-1, 1, 2 * r + 1, 1), groups=x.shape[1])
 
 
 class TwoStageUpscaler(Upscaler):
@@ -272,13 +306,17 @@ def model_dir() -> Path:
 def load_two_stage(name: str = "fewstep-x4", weights=None, device: str = "cpu", dtype: str = "fp32",
                    tile: int | None = None, overlap: int | None = None, blend: str = "gaussian",
                    steps: int | None = None, grain: float | None = None, grain_from: int | None = None,
-                   strength: float | None = None, stage1_only: bool = False,
+                   strength: float | None = None, flat_strength: float | None = None,
+                   flat_tau: float | None = None, stage1_only: bool = False,
                    stage1_dtype: str | None = None, quiet: bool = True) -> TwoStageUpscaler:
     """Registry factory for `fewstep-x4` (or a folder `weights` holding the same files).
 
     `tile` is in LR pixels for stage 1 (None: the card's, 256; 0: whole image; stage 2 tiles its x4
     output at 4*tile); `steps` respaces the refiner chain; `strength` scales the refiner's change to
     stage 1's output (1 = as trained, 0 = stage 1); `grain`/`grain_from` override the card's texture;
+    `flat_strength`/`flat_tau` make the strength rise towards `flat_strength` where stage 1's
+    output is flat (local luma std well under `flat_tau`, 0-255 scale; see `Refiner.strength_map`;
+    a negative `flat_strength` turns this off: one strength everywhere);
     `stage1_only=True` skips the refiner (to compare with stage 1 alone); `stage1_dtype` sets the
     RRDBNet's compute dtype (default: bf16 on CPUs with native bf16, where it runs ~2x faster than
     fp32 for a mean change of 0.4/255, else `dtype`)."""
@@ -324,8 +362,12 @@ def load_two_stage(name: str = "fewstep-x4", weights=None, device: str = "cpu", 
         unet = load_unet(folder / card["unet_file"], card["unet"]).to(device)
         vq = load_vq(folder / card["vq_file"], card["vq"]).to(device)
         g = float(s.get("grain", 0.0) if grain is None else grain)
+        fs = s.get("flat_strength") if flat_strength is None else flat_strength
         refiner = Refiner(unet, vq, chain, grain=g, grain_from=int(s.get("grain_from", 24) if grain_from is None else grain_from),
-                          strength=float(s.get("strength", 1.0) if strength is None else strength))
+                          strength=float(s.get("strength", 1.0) if strength is None else strength),
+                          flat_strength=None if fs is None or float(fs) < 0 else float(fs),
+                          flat_tau=float(s.get("flat_tau", 2.0) if flat_tau is None else flat_tau),
+                          flat_sigma=float(s.get("flat_sigma", 2.0)))
     return TwoStageUpscaler(stage1, refiner, name=name, tile=None if t1 == 0 else 4 * t1,
                             overlap=4 * (16 if overlap is None else int(overlap)), blend=blend, quiet=quiet)
 
