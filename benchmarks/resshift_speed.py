@@ -348,8 +348,12 @@ def compare(args) -> None:
             line = f"max |Δ| between repeats (new): {rep:.2e}; peak RSS new {max(r['rss_gib'] for r in runs['new']):.2f} GiB"
             if ref:
                 d = (outs["ref"][0] - outs["new"][0]).abs().max().item()
-                verdict = "OK" if d <= args.tol else f"FAIL (> {args.tol:g})"
-                line = f"max |Δ| ref vs new: {d:.2e} {verdict}; " + line
+                # the tolerance is for images in [-1, 1]; random-weight decoders return larger values,
+                # whose fp32 rounding grows with them, so it scales with the output's magnitude
+                mag = max(1.0, outs["ref"][0].abs().max().item())
+                verdict = "OK" if d <= args.tol * mag else f"FAIL (> {args.tol:g} x {mag:.3g})"
+                line = (f"max |Δ| ref vs new: {d:.2e} {verdict} (output max |x| {mag:.3g}, relative "
+                        f"{d / mag:.1e}); ") + line
                 line += f", ref {max(r['rss_gib'] for r in runs['ref']):.2f} GiB"
             print(line)
             spread = {t: [round(r["times"]["total"], 3) for r in rs] for t, rs in runs.items()}
@@ -391,7 +395,8 @@ def main() -> None:
     ap.add_argument("--opt", action="append", default=[], choices=["channels_last", "compile", "fast_upsample", "no_inplace"],
                     help="speed switch for the working tree's networks (repeatable); 'compile' needs --warmup 1 "
                          "(the first call compiles; inductor caches the result on disk for later processes)")
-    ap.add_argument("--tol", type=float, default=1e-4, help="max |ref - new| allowed (fp32)")
+    ap.add_argument("--tol", type=float, default=1e-4,
+                    help="max |ref - new| allowed (fp32), times max(1, max |output|)")
     ap.add_argument("--memory", action="store_true", help="tiled 1024 -> 4096 run: peak RSS (no comparison)")
     ap.add_argument("--memory-size", type=int, default=1024)
     ap.add_argument("--tile", type=int, default=256)

@@ -595,10 +595,15 @@ def test_two_processes_under_torchrun_write_the_same_bytes_as_one(tmp_path, caps
     assert sorted(ranks.values()) == [0, 0, 1]
     # each rank resumes its own share: rank 1's output is removed, only rank 1 redoes it
     (tmp_path / "two" / "2.png").unlink()  # plan order 0.png, 2.png, sub/1.png: rank 1 owns 2.png
-    for rank, expect in ((0, "0 written, 2 skipped"), (1, "1 written")):
-        env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-        rc, err = cli_env(env, "upscale", "in", "-o", "two", "-m", model, "-q", capsys=capsys)
-        assert rc == 0 and f"[rank {rank}/2] {expect}" in err, err
+    torch.set_num_threads(1)  # these ranks run in this process: one thread, as under torchrun
+    try:
+        for rank, expect in ((0, "0 written, 2 skipped"), (1, "1 written")):
+            env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE="2",
+                       LOCAL_RANK=str(rank))
+            rc, err = cli_env(env, "upscale", "in", "-o", "two", "-m", model, "-q", capsys=capsys)
+            assert rc == 0 and f"[rank {rank}/2] {expect}" in err, err
+    finally:
+        torch.set_num_threads(threads)
     assert tree(tmp_path / "one") == tree(tmp_path / "two")
 
 

@@ -180,3 +180,56 @@ def test_fast_upsample_equals_nearest_then_conv():
     with torch.no_grad():
         conv.weight.mul_(2)  # a weight changed in place is not served from the cache
         assert torch.allclose(speed.upsample2x_conv3x3(x, conv), conv(F.interpolate(x, scale_factor=2)), atol=1e-5)
+
+
+def test_pipeline_puts_only_the_vq_decoder_in_channels_last():
+    """NHWC conv weights after the quantiser (faster oneDNN kernels), none before it: the encoder
+    and UNet keep the reference arithmetic, so the VQ codes chosen stay the same; the decoded image
+    matches the NCHW decoder to fp32 rounding."""
+    import copy
+
+    import torch
+
+    from fewstep.resshift.chain import ResShiftChain
+    from fewstep.resshift.pipeline import ResShiftPipeline
+    from fewstep.resshift.unet import SwinUNet
+    from fewstep.resshift.vq import VQModel
+
+    bc = _load("bench_common")
+    torch.manual_seed(0)
+    unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
+    nchw = copy.deepcopy(vq)
+    ResShiftPipeline(unet, vq, ResShiftChain(**bc.TINY_CHAIN))
+
+    def conv_weights(m):
+        return [p for p in m.parameters() if p.dim() == 4]
+
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+               for w in conv_weights(vq.decoder) if w.shape[-1] > 1)
+    assert all(w.is_contiguous() for w in conv_weights(vq.encoder) + conv_weights(unet))
+    img = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        z = nchw.encode(img)
+        assert torch.equal(vq.encode(img), z)
+        ref, out = nchw.decode(z), vq.decode(z)
+    assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_conv_layouts_winograd_matches_conv2d_and_the_table_prints(monkeypatch, capsys):
+    """benchmarks/conv_layouts.py: its F(2x2, 3x3) Winograd convolution equals conv2d to fp32
+    rounding (any strip height, odd channel counts), and the script prints a full table."""
+    import torch
+    import torch.nn.functional as F
+
+    cl = _load("conv_layouts")
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 5, 12, 16), torch.randn(7, 5, 3, 3), torch.randn(7)
+    ref = F.conv2d(x, w, b, padding=1)
+    for rows in (1, 4, 100):
+        out = cl.winograd_conv3x3(x, cl.winograd_weight(w), b, rows=rows)
+        assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    monkeypatch.setattr(cl, "SHAPES", ((8, 32), (16, 16)))
+    monkeypatch.setattr(sys, "argv", ["conv_layouts.py", "--threads", "1", "--repeats", "1"])
+    cl.main()
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if re.match(r"\| \d+ \|", ln)]
+    assert len(rows) == 2 and all(len(r.strip("|").split("|")) == 8 for r in rows)

@@ -118,6 +118,16 @@ def restore_forward(module: nn.Module) -> None:
         del module.forward
 
 
+# NHWC conv weights for the VQ *decoder* of every ResShift pipeline (ResShiftPipeline.__init__):
+# oneDNN's NHWC direct convolutions run at ~195 GFLOP/s on this 2-core AVX-512 CPU where the NCHW
+# path (a reorder to blocked layout and back around every conv) gets ~145 on 512x512 feature maps
+# (benchmarks/conv_layouts.py); results agree to ~1e-6. Not the encoder: its output feeds the
+# chain and then the decoder's vector quantiser, where a 1e-6 change can flip a code (measured at
+# 128 -> 512: max |diff| 5.8e-2 with an NHWC encoder); the decoder starts from the chosen codes.
+# Switch: FEWSTEP_CHANNELS_LAST=0.
+CHANNELS_LAST_VQ = os.environ.get("FEWSTEP_CHANNELS_LAST", "1") != "0"
+
+
 def channels_last(module: nn.Module) -> nn.Module:
     """NHWC weights for every 4-D parameter (conv kernels); other tensors are unaffected."""
     return module.to(memory_format=torch.channels_last)

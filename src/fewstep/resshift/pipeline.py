@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FewstepError
+from ..nn import speed
 from ..progress import tick as progress_tick
 from ..tiling import run_tiled
 from ..upscaler import Upscaler
@@ -43,6 +44,8 @@ class ResShiftPipeline:
     def __init__(self, unet, vq, chain: ResShiftChain, scale: int = 4, *, lq_size: int | None = None,
                  latent_scale_factor: float = 1.0):
         self.unet, self.vq, self.chain, self.scale = unet, vq, chain, int(scale)
+        if speed.CHANNELS_LAST_VQ and hasattr(vq, "decoder"):  # NHWC convs after the quantiser (see speed.py)
+            speed.channels_last(vq.decoder)
         self.lq_size = int(lq_size or getattr(unet, "lq_size", 64))
         self.latent_scale_factor = latent_scale_factor
 
