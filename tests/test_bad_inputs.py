@@ -545,7 +545,7 @@ def _run(*args, env=None, **kw) -> subprocess.Popen:
 
 
 def test_ctrl_c_reports_progress_exits_130_and_the_rerun_completes_identically(tmp_path, capsys):
-    n = 8
+    n = 24  # enough work left after the first output that SIGINT lands mid-batch even on a fast, idle machine
     _bicubic_batch(tmp_path, n, 256)  # big enough that writing each 4x PNG takes a noticeable time
     p = _run("upscale", "in", "-o", "out", "-m", "bicubic", "-q", cwd=tmp_path)
     t0 = time.time()
