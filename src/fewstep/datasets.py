@@ -47,7 +47,26 @@ def item_seeds(seed: int, epoch: int, index: int) -> tuple[int, int]:
     return int(a >> 2), int(b >> 2)
 
 
-class PairedDegradationDataset(Dataset):
+class EpochSeededDataset(Dataset):
+    """Base of the training datasets whose item i of epoch e is a pure function of (seed, e, i).
+    Subclasses set `seed` and `length`; the trainer calls `set_epoch(e)` before each epoch."""
+
+    seed: int = 0
+    length: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        """Item `index`'s own generator for this epoch (crop position, flips, ...)."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+
+class PairedDegradationDataset(EpochSeededDataset):
     """Random HR crops of the images in `hr_dir` with LR made by a degradation preset.
 
     small: what to do with images smaller than `crop`: "pad" (reflect-pad, with a warning) or
@@ -92,14 +111,7 @@ class PairedDegradationDataset(Dataset):
         self.seed = int(seed)
         self.flips = bool(flips)
         self.length = len(files) if length is None else int(length)
-        self.epoch = 0
         self._warned: set[Path] = set()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
 
     def _crop(self, img: np.ndarray, rng: np.random.Generator, path: Path) -> np.ndarray:
         h, w = img.shape[:2]

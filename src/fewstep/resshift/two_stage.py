@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..datasets import EpochSeededDataset
 from ..errors import FewstepError, WeightsNotFoundError
 from ..model_folder import MODEL_CARD
 from ..upscaler import Upscaler
@@ -83,7 +84,7 @@ def build_stage1_cache(hr_dir: str | Path, out: str | Path, *, count: int, crop:
     return out
 
 
-class CachedStage1Pairs(torch.utils.data.Dataset):
+class CachedStage1Pairs(EpochSeededDataset):
     """Random `crop` sub-crops (+ flips / 90-degree turns) of a stage-1 cache: {"hr", "lr"} in
     [0, 1], where "lr" is stage 1's output (the refiner's y). Item i of epoch e is a pure
     function of (seed, e, i)."""
@@ -94,18 +95,10 @@ class CachedStage1Pairs(torch.utils.data.Dataset):
             raise FewstepError(f"data.cache_file: {p} not found (build it: python scripts/package_fewstep_x4.py cache)")
         d = torch.load(p, map_location="cpu", weights_only=True)
         self.hr, self.y = d["hr"], d["y"]
-        self.crop, self.length, self.seed, self.epoch = int(crop), int(length), int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
+        self.crop, self.length, self.seed = int(crop), int(length), int(seed)
 
     def __getitem__(self, i: int) -> dict:
-        import numpy as np
-
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        rng = self.item_rng(i)
         k = int(rng.integers(len(self.hr)))
         side = self.hr.shape[-1]
         top, left = (int(v) // 4 * 4 for v in rng.integers(0, side - self.crop + 1, size=2))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datasets import EpochSeededDataset
 from ..errors import FewstepError
 
 
@@ -37,7 +38,7 @@ def _threads(cfg: dict) -> None:
 # data: HR crops + MATLAB-bicubic LR, images decoded once (decoding a 1280x800 PNG per crop would
 # cost more than a training step of the small model)
 # ---------------------------------------------------------------------------------------------
-class BicubicCrops(torch.utils.data.Dataset):
+class BicubicCrops(EpochSeededDataset):
     """{"hr": (3,c,c), "lr": (3,c/s,c/s)} in [0,1]; item i of epoch e is a function of (seed, e, i)."""
 
     def __init__(self, hr_dir: str, crop: int = 48, scale: int = 4, seed: int = 0, length: int | None = None,
@@ -56,18 +57,11 @@ class BicubicCrops(torch.utils.data.Dataset):
             raise FewstepError(f"{hr_dir}: no image is at least {crop} px on each side")
         self.crop, self.scale, self.seed, self.flips = int(crop), int(scale), int(seed), flips
         self.length = int(length or 100 * len(self.images))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
 
     def __getitem__(self, i: int) -> dict:
         from ..degrade import imresize
 
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        rng = self.item_rng(i)
         im = self.images[int(rng.integers(len(self.images)))]
         h, w = im.shape[:2]
         y, x = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
