@@ -5,7 +5,7 @@
 Tuning set: 384x384 centre crops of every third training photo, degraded with `resshift-test` and
 `bicubic` (seeded per file, as `fewstep eval` does). For each crop it runs stage 1 (y) and the
 refiner at full strength (r) once; every candidate (strength, flat_strength, flat_tau) is then the
-blend y + S * (r - y), with S = `Refiner.strength_map` of y (the latent decodes linearly, so this is
+blend y + S * (r - y), with S = `two_stage.strength_map` of y (the latent decodes linearly, so this is
 what the model computes, up to the clamp). Metrics as `fewstep eval` computes them.
 
 Rule (fixed before looking at the eval photos): among candidates whose PSNR-Y is at most 0.3 dB
@@ -51,6 +51,7 @@ def main() -> None:
     from fewstep.eval.datasets import load_pair, make_datasets
     from fewstep.imageio import list_folder
     from fewstep.metrics import get_metric
+    from fewstep.resshift.two_stage import strength_map
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos" / "train")
@@ -68,7 +69,7 @@ def main() -> None:
             lr, hr, seed = load_pair(ds, p, scale=4, seed=0)
             x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
             y = full.stage1.restore(x, seed=seed)
-            r = full.restore(x, seed=seed)
+            r = full.refine(y, seed=seed)  # what full.restore(x) returns, without running stage 1 again
             data.append((ds.degradation, hr, y, r))
 
     def score(blend) -> dict[str, dict[str, float]]:
@@ -84,8 +85,7 @@ def main() -> None:
         def blend(y, r):
             if flat_strength is None:
                 return y + strength * (r - y)
-            refiner.strength, refiner.flat_strength, refiner.flat_tau = strength, flat_strength, flat_tau
-            return y + refiner.strength_map(y * 2 - 1) * (r - y)
+            return y + strength_map(y * 2 - 1, strength, flat_strength, flat_tau, refiner.flat_sigma) * (r - y)
         return blend
 
     base = score(lambda y, r: y)

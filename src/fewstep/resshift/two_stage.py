@@ -208,16 +208,8 @@ class Refiner:
         self.multiple = int(unet.lq_size)  # pad so every level tiles into Swin windows
 
     def strength_map(self, y: torch.Tensor) -> torch.Tensor:
-        """Per-pixel strength (B, 1, H, W) for stage-1 output `y` in [-1, 1]:
-        strength + (flat_strength - strength) * exp(-local_std / flat_tau), where local_std is the
-        standard deviation of y's luma (0-255 scale) in a Gaussian window of `flat_sigma` pixels.
-        About 1 in flat areas (local std << tau), `strength` at edges and in texture."""
-        luma = (y * 0.5 + 0.5).mul(255).mul(torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype, device=y.device)
-                                           .view(1, 3, 1, 1)).sum(1, keepdim=True)
-        mean, mean_sq = gaussian_blur(luma, self.flat_sigma), gaussian_blur(luma * luma, self.flat_sigma)
-        local_std = (mean_sq - mean * mean).clamp_(min=0).sqrt_()
-        flat = torch.exp(-local_std / self.flat_tau)
-        return self.strength + (self.flat_strength - self.strength) * flat
+        """This refiner's per-pixel strength for stage-1 output `y` in [-1, 1] (see `strength_map`)."""
+        return strength_map(y, self.strength, self.flat_strength, self.flat_tau, self.flat_sigma)
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -247,6 +239,20 @@ class Refiner:
         return (base + self.strength_map(yp) * (self.vq.decode(z) - base))[..., :h, :w]
 
 
+def strength_map(y: torch.Tensor, strength: float, flat_strength: float, flat_tau: float,
+                 flat_sigma: float = 2.0) -> torch.Tensor:
+    """Per-pixel strength (B, 1, H, W) for stage-1 output `y` in [-1, 1]:
+    strength + (flat_strength - strength) * exp(-local_std / flat_tau), where local_std is the
+    standard deviation of y's luma (0-255 scale) in a Gaussian window of `flat_sigma` pixels.
+    About `flat_strength` in flat areas (local std << tau), `strength` at edges and in texture."""
+    luma = (y * 0.5 + 0.5).mul(255).mul(torch.tensor([0.299, 0.587, 0.114], dtype=y.dtype, device=y.device)
+                                       .view(1, 3, 1, 1)).sum(1, keepdim=True)
+    mean, mean_sq = gaussian_blur(luma, flat_sigma), gaussian_blur(luma * luma, flat_sigma)
+    local_std = (mean_sq - mean * mean).clamp_(min=0).sqrt_()
+    flat = torch.exp(-local_std / flat_tau)
+    return strength + (flat_strength - strength) * flat
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur (radius 3 sigma, reflect-padded) of (B, C, H, W)."""
     r = min(max(1, int(3 * sigma + 0.5)), x.shape[-2] - 1, x.shape[-1] - 1)  # reflect needs pad < size
@@ -272,14 +278,17 @@ class TwoStageUpscaler(Upscaler):
 
     @torch.no_grad()
     def restore(self, lr: torch.Tensor, *, seed: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
-        from ..tiling import run_tiled
-        from .pipeline import tile_seed
-
         if mask is not None:
             raise FewstepError(f"model {self.name!r} does not take a mask")
         y = self.stage1.restore(lr, seed=seed)
-        if self.refiner is None:
-            return y
+        return y if self.refiner is None else self.refine(y, seed=seed)
+
+    @torch.no_grad()
+    def refine(self, y: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        """Stage 2 alone on stage 1's output `y` (B, 3, H, W) in [0, 1], tiled as `restore` does."""
+        from ..tiling import run_tiled
+        from .pipeline import tile_seed
+
         b = y.shape[0]
 
         def refine(crops, tiles):
