@@ -573,18 +573,14 @@ def test_ctrl_c_reports_progress_exits_130_and_the_rerun_completes_identically(t
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
+# torchrun starts each rank with OMP_NUM_THREADS=1; float sums (and so VQ code choices) depend on the
+# thread count, so the one-process reference and the ranks run in this process use one thread too
+@pytest.mark.usefixtures("one_thread")
 def test_two_processes_under_torchrun_write_the_same_bytes_as_one(tmp_path, capsys):
     model = tiny_model(tmp_path)
     for i in range(3):
         rgb(tmp_path / "in" / ("sub" if i % 2 else "") / f"{i}.png", 20, 24, seed=i)
-    # torchrun starts each rank with OMP_NUM_THREADS=1; float sums (and so VQ code choices) depend on
-    # the thread count, so the one-process reference runs with one thread too
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rc, err = cli("upscale", "in", "-o", "one", "-m", model, "-q", capsys=capsys)
-    finally:
-        torch.set_num_threads(threads)
+    rc, err = cli("upscale", "in", "-o", "one", "-m", model, "-q", capsys=capsys)
     assert rc == 0, err
     e = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
@@ -597,15 +593,10 @@ def test_two_processes_under_torchrun_write_the_same_bytes_as_one(tmp_path, caps
     assert sorted(ranks.values()) == [0, 0, 1]
     # each rank resumes its own share: rank 1's output is removed, only rank 1 redoes it
     (tmp_path / "two" / "2.png").unlink()  # plan order 0.png, 2.png, sub/1.png: rank 1 owns 2.png
-    torch.set_num_threads(1)  # these ranks run in this process: one thread, as under torchrun
-    try:
-        for rank, expect in ((0, "0 written, 2 skipped"), (1, "1 written")):
-            env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE="2",
-                       LOCAL_RANK=str(rank))
-            rc, err = cli_env(env, "upscale", "in", "-o", "two", "-m", model, "-q", capsys=capsys)
-            assert rc == 0 and f"[rank {rank}/2] {expect}" in err, err
-    finally:
-        torch.set_num_threads(threads)
+    for rank, expect in ((0, "0 written, 2 skipped"), (1, "1 written")):
+        env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        rc, err = cli_env(env, "upscale", "in", "-o", "two", "-m", model, "-q", capsys=capsys)
+        assert rc == 0 and f"[rank {rank}/2] {expect}" in err, err
     assert tree(tmp_path / "one") == tree(tmp_path / "two")
 
 
