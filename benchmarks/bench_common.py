@@ -70,3 +70,20 @@ def peak_rss_gib() -> float:
 def rss_gib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+
+
+def flop_counter():
+    """`torch.utils.flop_counter.FlopCounterMode` that also counts CPU attention.
+
+    torch's table has formulas for the CUDA SDPA kernels only; on the CPU, SDPA runs
+    `aten._scaled_dot_product_flash_attention_for_cpu`, which the stock counter skips, so every
+    attention (the VQ mid-block's 16384-token attention is ~550 GFLOP at 128 -> 512) would be
+    timed but not counted. Counted as two matmuls (Q K^T and P V), like torch's CUDA formula."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa})

@@ -10,7 +10,11 @@ For each conv shape the VQ runs at 128 -> 512 (channels x feature-map side), pri
 - `mkldnn`: a tensor kept in oneDNN's blocked layout (`to_mkldnn`), no reorders;
 - `winograd`: F(2x2, 3x3) written with torch ops (input/output transforms + 16 batched GEMMs over
   strips of tile rows): 2.25x fewer multiply-adds, max |error| printed. On CPU its transforms are
-  memory-bound elementwise passes in eager PyTorch, which is why fewstep does not use it.
+  memory-bound elementwise passes in eager PyTorch, which is why fewstep does not use it;
+- `nnpack`: NNPACK's Winograd F(6x6, 3x3) kernel, bundled with PyTorch's CPU builds
+  (`torch._nnpack_spatial_convolution`, what `fewstep.nn.speed.WinogradConv2d` runs), with its
+  max |error| against a float64 convolution relative to the output's max |value| (oneDNN's
+  direct conv: printed beside it).
 
 The rate is the direct convolution's FLOPs (2 * 9 * Cin * Cout * H * W) over the time, so the
 winograd column is an effective rate. Times are the best of `--repeats` after one warm-up.
@@ -89,8 +93,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# 3x3 conv, Cin = Cout, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| channels | side | GFLOP | nchw GF/s | channels_last GF/s | mkldnn GF/s | winograd GF/s (eff.) | winograd max abs err |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| channels | side | GFLOP | nchw GF/s | channels_last GF/s | mkldnn GF/s | winograd GF/s (eff.) | "
+          "winograd max abs err | nnpack GF/s (eff.) | rel. err nnpack / direct |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    nnpack = torch.backends.nnpack.is_available()  # also initialises NNPACK
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for c, side in SHAPES:
@@ -112,8 +118,17 @@ def main() -> None:
             u = winograd_weight(conv.weight)
             t_w = best_time(lambda: winograd_conv3x3(x, u, conv.bias), args.repeats)
             err = float((winograd_conv3x3(x, u, conv.bias) - ref).abs().max())
+            nn_cells = "- | -"
+            if nnpack:
+                w, b = conv.weight.contiguous(), conv.bias
+                t_nn = best_time(lambda: torch._nnpack_spatial_convolution(x, w, b, [1, 1]), args.repeats)
+                exact = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+                scale = float(exact.abs().max())
+                e_nn = float((torch._nnpack_spatial_convolution(x, w, b, [1, 1]).double() - exact).abs().max()) / scale
+                e_dir = float((ref.double() - exact).abs().max()) / scale
+                nn_cells = f"{gflop / t_nn:.0f} | {e_nn:.1e} / {e_dir:.1e}"
             print(f"| {c} | {side} | {gflop:.1f} | {gflop / t_nchw:.0f} | {gflop / t_cl:.0f} | {gflop / t_mk:.0f} | "
-                  f"{gflop / t_w:.0f} | {err:.1e} |", flush=True)
+                  f"{gflop / t_w:.0f} | {err:.1e} | {nn_cells} |", flush=True)
 
 
 if __name__ == "__main__":

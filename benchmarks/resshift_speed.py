@@ -12,11 +12,15 @@ subprocess whose PYTHONPATH points at that tree's `src`, with the same thread co
 weights (realsr-v3 architecture: random weights made once and saved; a named model: its own
 files) and the same LR image and noise. Each run also measures this machine's fp32 sgemm
 throughput (a 2048^3 matmul, same threads); the best of those is the "peak" the stages are
-compared with. FLOPs are counted once (torch.utils.flop_counter.FlopCounterMode, in a separate
-untimed run of this tree) as the model's FLOPs: with a FLOP-saving switch (--opt fast_upsample)
-the rates are effective ones, and the FLOPs actually executed are printed below the table. Reported per stage (VQ encoder, Swin UNet per step, VQ decoder, total):
-seconds (best of the repeats), GFLOP, GFLOP/s, % of peak, REF/new; then max |REF - new| of the
-decoded images (fp32 must stay <= 1e-4).
+compared with. FLOPs are counted once (torch.utils.flop_counter.FlopCounterMode, with CPU
+attention added: bench_common.flop_counter; in a separate untimed run of this tree) as the
+model's FLOPs (3x3 convs counted as direct convolutions): with a FLOP-saving path (Winograd
+convs, fast_upsample) the rates are effective ones; fast_upsample's executed FLOPs are printed
+below the table. Reported per stage (VQ encoder, Swin UNet per step, VQ decoder, total):
+seconds (best of the repeats), GFLOP, GFLOP/s, % of peak, REF/new; then REF against new
+(`check_outputs`, fp32 within 1e-4 x max(1, max |x|)): the latent entering the vector quantiser,
+the VQ codes (a differing code must be a tie at the scale of the latent difference), the decoder
+on common codes, and the image.
 
 The stage benchmark calls `ResShiftPipeline.sample` on the whole image (no tiling), so the LR
 side must be a multiple of 64. `--memory` runs the tiled `Upscaler.restore` path instead and
@@ -108,8 +112,16 @@ def _apply_opts(pipe, opts) -> None:
         return
     from fewstep.nn import speed
 
-    if "fast_upsample" in opts:
+    if "fast_upsample" in opts:  # the default since session 5; kept for older command lines
         speed.FAST_UPSAMPLE = True
+    if "no_fast_upsample" in opts:
+        speed.FAST_UPSAMPLE = False
+    if "no_winograd" in opts:
+        speed.WINOGRAD = False
+    if "nchw_vq" in opts:  # undo the pipeline's NHWC VQ (speed.CHANNELS_LAST_VQ)
+        import torch
+
+        pipe.vq.to(memory_format=torch.contiguous_format)
     if "no_inplace" in opts:
         speed.INPLACE = False
     nets = [pipe.unet, pipe.vq.encoder, pipe.vq.decoder] if hasattr(pipe.vq, "encoder") else [pipe.unet]
@@ -154,6 +166,7 @@ class _StageTimer:
         self.device, self.count = device, count_flops
         self.times = {s: [] for s in STAGES}
         self.flops = {s: 0 for s in STAGES}
+        self.inputs: dict = {}  # last input of each stage (the decoder's is the latent the quantiser sees)
         self._sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         for name, owner, attr in (("encoder", pipe.vq, "encode"), ("decoder", pipe.vq, "decode")):
             setattr(owner, attr, self._wrap(name, getattr(owner, attr)))
@@ -162,10 +175,11 @@ class _StageTimer:
 
     def _wrap(self, stage, fn):
         def timed(*args, **kwargs):
+            self.inputs[stage] = args[0] if args else None
             if self.count:
-                from torch.utils.flop_counter import FlopCounterMode
+                from bench_common import flop_counter
 
-                with FlopCounterMode(display=False) as fc:
+                with flop_counter() as fc:
                     out = fn(*args, **kwargs)
                 self.flops[stage] += fc.get_total_flops()
                 return out
@@ -194,12 +208,20 @@ def child(spec: dict) -> dict:
         return res
     if spec["tree"] == "new":
         _apply_opts(pipe, spec.get("opts", []))
+    if spec.get("flops"):
+        from fewstep.nn import speed
+
+        # FlopCounterMode cannot see inside NNPACK's Winograd kernel: count those convs as direct ones
+        winograd = bool(getattr(speed, "WINOGRAD", False) and speed.winograd_available())
+        speed.WINOGRAD = False
+        if spec.get("model_flops"):  # the model's FLOPs, not those a FLOP-saving path executes
+            speed.FAST_UPSAMPLE = False
     lr, noise = _inputs(pipe, spec["size"], device)
     timer = _StageTimer(pipe, device, count_flops=spec.get("flops", False))
     kw = {} if spec["dtype"] == "fp32" else {"dtype": spec["dtype"]}
     if spec.get("flops"):
         pipe.sample(lr, noise=noise, **kw)
-        return {**res, "flops": timer.flops, "steps": pipe.chain.steps}
+        return {**res, "flops": timer.flops, "steps": pipe.chain.steps, "winograd": winograd}
     for _ in range(spec.get("warmup", 0)):
         pipe.sample(lr, noise=noise, **kw)
     timer.times = {s: [] for s in STAGES}
@@ -209,11 +231,92 @@ def child(spec: dict) -> dict:
     out = pipe.sample(lr, noise=noise, **kw)
     sync()
     total = time.perf_counter() - t
-    torch.save(out.float().cpu(), spec["out"])
     res.update(times={"encoder": sum(timer.times["encoder"]), "unet": statistics.mean(timer.times["unet"]),
                       "unet_all": sum(timer.times["unet"]), "decoder": sum(timer.times["decoder"]), "total": total},
                peak=sgemm_gflops(device=device), rss_gib=peak_rss_gib(), steps=len(timer.times["unet"]))
+    # after the timing: the common-latent decode below goes through the timed wrapper too
+    torch.save(_outputs(pipe, out, timer.inputs["decoder"], spec.get("check", False)), spec["out"])
     return res
+
+
+def _outputs(pipe, image, latent, check: bool) -> dict:
+    """What the parent compares: the image, the latent entering the quantiser, its codes and the
+    codebook; with `check`, also the decoder's output for a latent every tree is given alike (codebook
+    vectors at seeded random indices, decoded without quantising), i.e. the decoder's own arithmetic."""
+    import torch
+
+    res = {"image": image.float().cpu(), "latent": latent.float().cpu()}
+    quant = getattr(pipe.vq, "quantize", None)
+    with torch.no_grad():
+        if quant is not None:
+            res["codes"] = quant.codes(latent).cpu()
+            res["codebook"] = quant.embedding.weight.detach().float().cpu()
+        if check:
+            g = torch.Generator().manual_seed(4321)
+            if quant is not None:
+                idx = torch.randint(quant.embedding.num_embeddings, latent.shape[-2:], generator=g)
+                common = quant.embedding.weight.detach()[idx].permute(2, 0, 1)[None]
+            else:
+                common = torch.randn(latent.shape, generator=g)
+            common = common.to(latent.device, latent.dtype).contiguous()
+            res["decoded_common"] = pipe.vq.decode(common, force_not_quantize=True).float().cpu()
+    return res
+
+
+def check_outputs(ref: dict, new: dict, tol: float) -> tuple[bool, list[str]]:
+    """(all within tolerance, report lines) for REF's and the new tree's outputs of one input.
+
+    A vector quantiser is discontinuous: where the latent lies within fp32 rounding of a tie
+    between two codebook vectors, any change of summation order upstream (another conv layout,
+    thread count or CPU) may pick the other code, and the decoder's global attention spreads that
+    change over the whole image. So the continuous arithmetic is checked where it is continuous:
+    the latent entering the quantiser and the decoder on common codes (each within `tol` x
+    max(1, max |value|)); each differing code must be a tie at the scale of the latent difference
+    there (the triangle inequality bounds how far a shift of |delta| can move the nearest code);
+    and with no differing code the image itself must be within `tol`."""
+    import torch
+
+    def within(name: str, a: torch.Tensor, b: torch.Tensor) -> tuple[bool, str]:
+        d = (a - b).abs().max().item()
+        mag = max(1.0, a.abs().max().item())
+        ok = d <= tol * mag
+        return ok, (f"{name}: max |Δ| {d:.2e} {'OK' if ok else f'FAIL (> {tol:g} x {mag:.3g})'} "
+                    f"(max |x| {mag:.3g}, relative {d / mag:.1e})")
+
+    lines, oks = [], []
+    ok, line = within("latent entering the quantiser (encoder + chain)", ref["latent"], new["latent"])
+    oks.append(ok), lines.append(line)
+    flips = 0
+    if "codes" in ref and "codes" in new:
+        diff = ref["codes"] != new["codes"]
+        flips, total = int(diff.sum()), diff.numel()
+        if flips:
+            z = ref["latent"].double().permute(0, 2, 3, 1)[diff]  # (flips, C)
+            delta = (new["latent"] - ref["latent"]).double().permute(0, 2, 3, 1)[diff].norm(dim=1)
+            book = ref["codebook"].double()
+            e_ref, e_new = book[ref["codes"][diff]], book[new["codes"][diff]]
+            d_ref, d_new = (z - e_ref).norm(dim=1), (z - e_new).norm(dim=1)
+            # |z' - e_new| <= |z' - e_ref| with z' = z + delta gives |z - e_new| - |z - e_ref| <= 2 |delta|;
+            # plus the fp32 rounding of the quantiser's |z|^2 + |e|^2 - 2 z.e (in distance units)
+            slack = 8 * 2.0 ** -24 * (z.norm(dim=1) + e_ref.norm(dim=1) + e_new.norm(dim=1)) ** 2 / (d_ref + d_new).clamp_min(1e-12)
+            margin, bound = d_new - d_ref, 2 * delta + slack
+            ties = bool((margin <= bound).all())
+            oks.append(ties)
+            lines.append(f"VQ codes: {flips} of {total} differ ({100 * flips / total:.3f} %); "
+                         f"{'each is a tie within the latent difference there' if ties else 'NOT all ties: FAIL'} "
+                         f"(largest distance margin {margin.max().item():.1e}, its bound {bound[margin.argmax()].item():.1e})")
+        else:
+            lines.append(f"VQ codes: all {total} equal")
+    if "decoded_common" in ref and "decoded_common" in new:
+        ok, line = within("decoder on common codes", ref["decoded_common"], new["decoded_common"])
+        oks.append(ok), lines.append(line)
+    ok, line = within("image", ref["image"], new["image"])
+    if flips:
+        line = line.split(" OK")[0].split(" FAIL")[0] + " (changed by the differing codes; not judged)"
+    else:
+        oks.append(ok)
+    lines.append(line)
+    return all(oks), lines
 
 
 def memory_case(spec: dict) -> dict:
@@ -312,15 +415,18 @@ def compare(args) -> None:
             spec = dict(base, size=size)
             # model FLOPs (the rates below are "effective": FLOP-saving switches do not lower them)
             plain = [o for o in args.opt if o not in FLOP_SAVING]
-            flops = run_child(dict(spec, tree="new", src=trees["new"], flops=True, opts=plain))["flops"]
-            executed = (run_child(dict(spec, tree="new", src=trees["new"], flops=True))["flops"]
-                        if len(plain) != len(args.opt) else None)
+            flops = run_child(dict(spec, tree="new", src=trees["new"], flops=True, model_flops=True, opts=plain))["flops"]
+            executed = run_child(dict(spec, tree="new", src=trees["new"], flops=True))
+            winograd, executed = executed["winograd"], executed["flops"]
+            if winograd or all(abs(executed[k] - flops[k]) <= 1e-6 * flops[k] for k in STAGES):
+                executed = None  # with Winograd convs the executed multiplies are not counted
             order = list(trees)
             runs: dict[str, list[dict]] = {t: [] for t in trees}
             for r in range(args.repeats):
                 for tree in (order if r % 2 == 0 else order[::-1]):
                     out = str(Path(tmp) / f"{tree}_{size}_{r}.pt")
-                    runs[tree].append(run_child(dict(spec, tree=tree, src=trees[tree], out=out)) | {"out": out})
+                    runs[tree].append(run_child(dict(spec, tree=tree, src=trees[tree], out=out, check=r == 0))
+                                      | {"out": out})
             peak = max(r["peak"] for rs in runs.values() for r in rs)
             steps = runs["new"][0]["steps"]
             gflop = {"encoder": flops["encoder"] / 1e9, "unet": flops["unet"] / 1e9 / steps,
@@ -339,22 +445,22 @@ def compare(args) -> None:
             print("|" + "---|" * len(head))
             for k, name in STAGE_NAMES.items():
                 print(_fmt_row(name, gflop[k], {t: best[t][k] for t in trees}, ref, "new", peak))
+            if winograd:
+                print("3x3 convs through Winograd (NNPACK, fewstep.nn.speed.WINOGRAD) in the new tree: its rates are "
+                      "effective ones (the model's FLOPs as direct convolutions / time)")
             if executed:
-                print("executed GFLOP with " + ",".join(o for o in args.opt if o in FLOP_SAVING) + ": " +
+                print("executed GFLOP (FLOP-saving paths: fast_upsample): " +
                       ", ".join(f"{STAGE_NAMES[k]} {executed[k] / 1e9 / (steps if k == 'unet' else 1):.1f}"
                                 for k in STAGES))
             outs = {t: [torch.load(r["out"], weights_only=True) for r in rs] for t, rs in runs.items()}
-            rep = max(((o - outs["new"][0]).abs().max().item() for o in outs["new"][1:]), default=0.0)
+            rep = max(((o["image"] - outs["new"][0]["image"]).abs().max().item() for o in outs["new"][1:]), default=0.0)
             line = f"max |Δ| between repeats (new): {rep:.2e}; peak RSS new {max(r['rss_gib'] for r in runs['new']):.2f} GiB"
             if ref:
-                d = (outs["ref"][0] - outs["new"][0]).abs().max().item()
-                # the tolerance is for images in [-1, 1]; random-weight decoders return larger values,
-                # whose fp32 rounding grows with them, so it scales with the output's magnitude
-                mag = max(1.0, outs["ref"][0].abs().max().item())
-                verdict = "OK" if d <= args.tol * mag else f"FAIL (> {args.tol:g} x {mag:.3g})"
-                line = (f"max |Δ| ref vs new: {d:.2e} {verdict} (output max |x| {mag:.3g}, relative "
-                        f"{d / mag:.1e}); ") + line
                 line += f", ref {max(r['rss_gib'] for r in runs['ref']):.2f} GiB"
+                ok, lines = check_outputs(outs["ref"][0], outs["new"][0], args.tol)
+                print(f"ref vs new, fp32 tolerance {args.tol:g} x max(1, max |x|): {'OK' if ok else 'FAIL'}")
+                for item in lines:
+                    print(f"- {item}")
             print(line)
             spread = {t: [round(r["times"]["total"], 3) for r in rs] for t, rs in runs.items()}
             print(f"all totals (s): {spread}")
@@ -392,7 +498,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch_threads_default())
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    ap.add_argument("--opt", action="append", default=[], choices=["channels_last", "compile", "fast_upsample", "no_inplace"],
+    ap.add_argument("--opt", action="append", default=[], choices=["channels_last", "compile", "fast_upsample", "no_fast_upsample", "nchw_vq",
+                                                                   "no_inplace", "no_winograd"],
                     help="speed switch for the working tree's networks (repeatable); 'compile' needs --warmup 1 "
                          "(the first call compiles; inductor caches the result on disk for later processes)")
     ap.add_argument("--tol", type=float, default=1e-4,

@@ -80,6 +80,70 @@ def test_resshift_speed_memory_mode_reports_peak_rss(capsys):
     assert re.search(r"torch \d", out)
 
 
+def test_resshift_speed_output_check_separates_code_ties_from_real_differences():
+    """benchmarks/resshift_speed.check_outputs: continuous parts within tolerance, a differing VQ
+    code accepted only when the reference latent sits on a tie within the latent difference."""
+    import torch
+
+    bench = _load("resshift_speed")
+    book = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+
+    def outs(x0, codes, image_shift=0.0):
+        latent = torch.zeros(1, 3, 1, 2)
+        latent[0, 0, 0, 0] = x0
+        latent[0, :, 0, 1] = torch.tensor([5.0, 5.0, 4.9])
+        return {"latent": latent, "codes": torch.tensor([[codes]]), "codebook": book,
+                "decoded_common": torch.ones(1, 3, 4, 8), "image": torch.ones(1, 3, 4, 8) + image_shift}
+
+    ref = outs(0.5 - 1e-7, [0, 2])
+    ok, lines = bench.check_outputs(ref, outs(0.5 + 1e-7, [1, 2], image_shift=0.3), 1e-4)  # a tie flipped
+    assert ok and "1 of 2 differ" in lines[1] and "not judged" in lines[-1], lines
+    ok, lines = bench.check_outputs(outs(0.3, [0, 2]), outs(0.3 + 1e-7, [1, 2]), 1e-4)  # not a tie
+    assert not ok and "NOT all ties" in lines[1], lines
+    ok, lines = bench.check_outputs(ref, outs(0.5 - 1e-7 + 1e-3, [0, 2]), 1e-4)  # the latent itself moved
+    assert not ok and "FAIL" in lines[0], lines
+    ok, lines = bench.check_outputs(ref, outs(0.5 - 1e-7, [0, 2], image_shift=1e-3), 1e-4)  # same codes, image off
+    assert not ok and lines[1] == "VQ codes: all 2 equal" and "FAIL" in lines[-1], lines
+    ok, lines = bench.check_outputs(ref, outs(0.5 - 1e-7, [0, 2], image_shift=5e-5), 1e-4)
+    assert ok, lines
+
+
+def test_resshift_speed_compare_runs_two_trees(capsys):
+    """`--compare HEAD` on the tiny architecture: a git worktree of HEAD and this tree, the stage
+    table with GFLOP counted (attention included), and the output check."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(BENCH), "rev-parse", "HEAD"],
+                                                     capture_output=True).returncode != 0:
+        pytest.skip("needs a git checkout")
+    bench = _load("resshift_speed")
+    sys.argv = ["resshift_speed.py", "--compare", "HEAD", "--model", "tiny", "--sizes", "64", "--repeats", "1",
+                "--threads", "1"]
+    bench.main()
+    out = capsys.readouterr().out
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in out.splitlines()
+            if r.startswith("| VQ ") or r.startswith("| Swin") or r.startswith("| total")}
+    assert set(rows) == {"VQ encoder", "Swin UNet / step", "Swin UNet, all steps", "VQ decoder", "total"}, out
+    gflop = {k: float(v[0]) for k, v in rows.items()}
+    assert gflop["total"] == pytest.approx(gflop["VQ encoder"] + gflop["Swin UNet, all steps"] + gflop["VQ decoder"], abs=0.16)
+    assert gflop["VQ encoder"] > 5 and gflop["VQ decoder"] > 10  # the 3x3 convs are counted (direct-conv FLOPs)
+    for cells in rows.values():
+        assert float(cells[1]) > 0 and float(cells[4]) > 0 and cells[-1].startswith("x")
+    assert "ref vs new, fp32 tolerance 0.0001" in out and "- decoder on common codes: max |Δ|" in out, out
+
+
+def test_flop_counter_counts_cpu_attention():
+    """bench_common.flop_counter adds the CPU SDPA kernel torch's counter skips: 4 N^2 d per attention."""
+    import torch
+
+    bc = _load("bench_common")
+    q = torch.randn(1, 1, 64, 16)
+    with torch.no_grad(), bc.flop_counter() as fc:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert fc.get_total_flops() == 4 * 64 * 64 * 16
+
+
 def test_every_attention_runs_through_sdpa(monkeypatch):
     """Swin windows, the VQ mid-block attention and every diffusers attention use
     F.scaled_dot_product_attention (flash / memory-efficient kernels on a GPU), none a softmax."""
@@ -167,52 +231,174 @@ def test_fast_upsample_equals_nearest_then_conv():
     bc = _load("bench_common")
     unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
     z, lq = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)
-    outs = []
+    outs, default = [], speed.FAST_UPSAMPLE
+    assert default  # on by default at inference
     for flag in (False, True):
         speed.FAST_UPSAMPLE = flag
         try:
             with torch.no_grad():
                 outs.append((vq.decode(z, force_not_quantize=True), unet(z, torch.tensor([1]), lq=lq)))
         finally:
-            speed.FAST_UPSAMPLE = False
+            speed.FAST_UPSAMPLE = default
     for a, b in zip(*outs):
         assert not torch.equal(a, b) and (a - b).abs().max() <= 1e-5 * a.abs().max()
+    # NHWC (the pipeline's VQ layout): the same numbers, and the output stays NHWC for the next conv
+    conv_cl = speed.channels_last(torch.nn.Conv2d(6, 5, 3, padding=1))
+    conv_cl.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        out_cl = speed.upsample2x_conv3x3(x.contiguous(memory_format=torch.channels_last), conv_cl)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last) and not out_cl.is_contiguous()
+    assert (out_cl - ref).abs().max() <= 1e-5 * ref.abs().max()
     with torch.no_grad():
         conv.weight.mul_(2)  # a weight changed in place is not served from the cache
         assert torch.allclose(speed.upsample2x_conv3x3(x, conv), conv(F.interpolate(x, scale_factor=2)), atol=1e-5)
 
 
-def test_pipeline_puts_only_the_vq_decoder_in_channels_last():
-    """NHWC conv weights after the quantiser (faster oneDNN kernels), none before it: the encoder
-    and UNet keep the reference arithmetic, so the VQ codes chosen stay the same; the decoded image
-    matches the NCHW decoder to fp32 rounding."""
-    import copy
-
+def _tiny_pipeline_parts():
     import torch
 
-    from fewstep.resshift.chain import ResShiftChain
-    from fewstep.resshift.pipeline import ResShiftPipeline
     from fewstep.resshift.unet import SwinUNet
     from fewstep.resshift.vq import VQModel
 
     bc = _load("bench_common")
     torch.manual_seed(0)
-    unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
-    nchw = copy.deepcopy(vq)
-    ResShiftPipeline(unet, vq, ResShiftChain(**bc.TINY_CHAIN))
+    return SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval(), bc
+
+
+def test_winograd_conv_matches_conv2d_at_inference_only():
+    """WinogradConv2d (NNPACK F(6x6, 3x3)): same state dict as the conv it replaces; at inference on
+    the CPU in fp32 it differs from oneDNN's direct conv only by rounding (< 1e-4 relative); with
+    grad on, under autocast or switched off it is the plain conv, bit for bit."""
+    import torch
+
+    from fewstep.nn import speed
+
+    if not speed.winograd_available():
+        pytest.skip("this PyTorch build has no NNPACK")
+    torch.manual_seed(0)
+    convs = torch.nn.Sequential(torch.nn.Conv2d(32, 40, 3, padding=1), torch.nn.Conv2d(40, 40, 3, stride=1, padding=2),
+                                torch.nn.Conv2d(40, 36, 1), torch.nn.Conv2d(36, 33, 3, padding=1, bias=False))
+    keys = list(convs.state_dict())
+    ref = torch.nn.Sequential(*[type(m)(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                        bias=m.bias is not None) for m in convs])
+    ref.load_state_dict(convs.state_dict())
+    assert speed.winograd_convs(convs) == 2  # only the 3x3 stride-1 pad-1 ones
+    assert [type(m).__name__ for m in convs] == ["WinogradConv2d", "Conv2d", "Conv2d", "WinogradConv2d"]
+    assert list(convs.state_dict()) == keys
+    x = torch.randn(2, 32, 65, 67)  # odd sizes: NNPACK's 6x6 output tiles overhang the border
+    with torch.no_grad():
+        want, got = ref(x), convs(x)
+        assert not torch.equal(got, want) and (got - want).abs().max() <= 1e-4 * want.abs().max()
+        assert torch.equal(convs[0](x[1:]), convs[0](x)[1:])  # an image's result does not depend on its batch
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(convs[0](x), ref[0](x))
+        speed.WINOGRAD = False
+        try:
+            assert torch.equal(convs(x), want)
+        finally:
+            speed.WINOGRAD = True
+    assert torch.equal(convs(x), ref(x))  # grad on: the plain conv (training is unchanged)
+
+
+def test_winograd_keeps_the_direct_kernel_where_nnpack_is_slower():
+    """Small maps (< 64 px) and thin convs (< 32 channels) keep oneDNN's conv, bit for bit; a
+    nearest-x2 upsample whose conv is Winograd on the upsampled map skips the parity trick."""
+    import torch
+
+    from fewstep.nn import speed
+
+    if not speed.winograd_available():
+        pytest.skip("this PyTorch build has no NNPACK")
+    torch.manual_seed(0)
+    wide, thin = torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(8, 32, 3, padding=1)
+    plain = {id(m): torch.nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1) for m in (wide, thin)}
+    for m in (wide, thin):
+        plain[id(m)].load_state_dict(m.state_dict())
+        speed.winograd_convs(m)
+    with torch.no_grad():
+        small, big = torch.randn(1, 32, 63, 70), torch.randn(1, 32, 64, 70)
+        assert torch.equal(wide(small), plain[id(wide)](small))
+        assert not torch.equal(wide(big), plain[id(wide)](big))
+        assert torch.equal(thin(big[:, :8]), plain[id(thin)](big[:, :8]))
+        assert speed.fast_upsample_ok(wide, torch.randn(1, 32, 31, 31))  # 62 px after x2: direct conv
+        assert not speed.fast_upsample_ok(wide, torch.randn(1, 32, 32, 32))  # 64 px: Winograd instead
+
+
+def test_chunked_mlp_equals_the_1x1_conv_mlp():
+    """The Swin blocks' fc1 -> GELU -> fc2 as GEMMs over position chunks (cache-sized hidden map):
+    equal to the module MLP to fp32 rounding, any chunk size, batch and bias; used by SwinBlock at
+    CPU inference only."""
+    import torch
+
+    from fewstep.nn import speed
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        fc1, fc2 = torch.nn.Conv2d(12, 48, 1, bias=bias), torch.nn.Conv2d(48, 12, 1, bias=bias)
+        act = torch.nn.GELU()
+        x = torch.randn(2, 12, 9, 11)
+        with torch.no_grad():
+            want = fc2(act(fc1(x)))
+            for chunk in (1, 7, 64, 1000):
+                got = speed.chunked_mlp(x, fc1, act, fc2, chunk=chunk)
+                assert got.shape == want.shape and (got - want).abs().max() <= 1e-5 * want.abs().max()
+    with torch.no_grad():
+        assert speed.chunked_mlp_ok(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not speed.chunked_mlp_ok(x)
+    assert not speed.chunked_mlp_ok(x)  # grad on (training)
+
+
+def test_pipeline_speed_paths_keep_the_outputs():
+    """ResShiftPipeline turns the UNet's and VQ's 3x3 convs into Winograd convs where NNPACK runs
+    (VQ weights stay NCHW), else puts the VQ in NHWC; latent and image stay within 1e-4 of the
+    plain modules, and the switches turn both off."""
+    import copy
+
+    import torch
+
+    from fewstep.nn import speed
+    from fewstep.resshift.chain import ResShiftChain
+    from fewstep.resshift.pipeline import ResShiftPipeline
+
+    unet, vq, bc = _tiny_pipeline_parts()
+    plain_unet, plain_vq = copy.deepcopy(unet), copy.deepcopy(vq)
 
     def conv_weights(m):
-        return [p for p in m.parameters() if p.dim() == 4]
+        return [p for p in m.parameters() if p.dim() == 4 and p.shape[-1] > 1]
 
-    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-               for w in conv_weights(vq.decoder) if w.shape[-1] > 1)
-    assert all(w.is_contiguous() for w in conv_weights(vq.encoder) + conv_weights(unet))
-    img = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        z = nchw.encode(img)
-        assert torch.equal(vq.encode(img), z)
-        ref, out = nchw.decode(z), vq.decode(z)
-    assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    def check(u, v):
+        img, z = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 16, 16)
+        with torch.no_grad():
+            pairs = [(plain_vq.encode(img), v.encode(img)),
+                     (plain_vq.decode(z, force_not_quantize=True), v.decode(z, force_not_quantize=True)),
+                     (plain_unet(z, torch.tensor([1]), lq=z), u(z, torch.tensor([1]), lq=z))]
+        for want, got in pairs:
+            assert got.shape == want.shape and (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+    ResShiftPipeline(unet, vq, ResShiftChain(**bc.TINY_CHAIN))
+    if speed.winograd_available():
+        assert any(isinstance(m, speed.WinogradConv2d) for m in unet.modules())
+        assert any(isinstance(m, speed.WinogradConv2d) for m in vq.modules())
+        assert all(w.is_contiguous() for w in conv_weights(vq))
+    else:
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(vq))
+    check(unet, vq)
+    speed.WINOGRAD = False
+    try:
+        u2, v2 = copy.deepcopy(plain_unet), copy.deepcopy(plain_vq)
+        ResShiftPipeline(u2, v2, ResShiftChain(**bc.TINY_CHAIN))
+        assert not any(isinstance(m, speed.WinogradConv2d) for m in list(u2.modules()) + list(v2.modules()))
+        assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                   for w in conv_weights(v2.encoder) + conv_weights(v2.decoder))
+        assert all(w.is_contiguous() for w in conv_weights(u2))
+        check(u2, v2)
+        speed.CHANNELS_LAST_VQ = False
+        v3 = copy.deepcopy(plain_vq)
+        ResShiftPipeline(copy.deepcopy(plain_unet), v3, ResShiftChain(**bc.TINY_CHAIN))
+        assert all(w.is_contiguous() for w in conv_weights(v3))
+    finally:
+        speed.WINOGRAD, speed.CHANNELS_LAST_VQ = True, True
 
 
 def test_conv_layouts_winograd_matches_conv2d_and_the_table_prints(monkeypatch, capsys):
@@ -232,4 +418,4 @@ def test_conv_layouts_winograd_matches_conv2d_and_the_table_prints(monkeypatch, 
     monkeypatch.setattr(sys, "argv", ["conv_layouts.py", "--threads", "1", "--repeats", "1"])
     cl.main()
     rows = [ln for ln in capsys.readouterr().out.splitlines() if re.match(r"\| \d+ \|", ln)]
-    assert len(rows) == 2 and all(len(r.strip("|").split("|")) == 8 for r in rows)
+    assert len(rows) == 2 and all(len(r.strip("|").split("|")) == 10 for r in rows)

@@ -10,6 +10,9 @@
   (<= 1e-5), the layout the GPU tensor cores prefer.
 * `compile_module`: `torch.compile` in place (keeps state-dict names), with inductor's on-disk
   FX-graph cache so the second process does not pay the compile again.
+* `winograd_convs`: 3x3 stride-1 convolutions through NNPACK's Winograd F(6x6, 3x3) on the CPU at
+  inference (fewer multiplies; ~2e-5 relative rounding, see the comment at `WINOGRAD`).
+* `upsample2x_conv3x3`: nearest x2 + 3x3 conv as one 2x2 conv per output parity (2.25x fewer FLOPs).
 
 Nothing here is imported by `import fewstep`; torch is imported by the callers anyway.
 """
@@ -118,14 +121,133 @@ def restore_forward(module: nn.Module) -> None:
         del module.forward
 
 
-# NHWC conv weights for the VQ *decoder* of every ResShift pipeline (ResShiftPipeline.__init__):
-# oneDNN's NHWC direct convolutions run at ~195 GFLOP/s on this 2-core AVX-512 CPU where the NCHW
-# path (a reorder to blocked layout and back around every conv) gets ~145 on 512x512 feature maps
-# (benchmarks/conv_layouts.py); results agree to ~1e-6. Not the encoder: its output feeds the
-# chain and then the decoder's vector quantiser, where a 1e-6 change can flip a code (measured at
-# 128 -> 512: max |diff| 5.8e-2 with an NHWC encoder); the decoder starts from the chosen codes.
-# Switch: FEWSTEP_CHANNELS_LAST=0.
+# NHWC conv weights for the VQ encoder and decoder of every ResShift pipeline
+# (ResShiftPipeline.__init__): oneDNN's NHWC direct convolutions run at ~165-195 GFLOP/s on this
+# 2-core AVX-512 CPU where the NCHW path (a reorder to blocked layout and back around every conv)
+# gets ~125-145 on 512x512 feature maps (benchmarks/conv_layouts.py). Rounding differs: ~1e-5
+# relative on the latent, mostly from PyTorch's CPU channels-last GroupNorm (docs/speed.md), so a
+# latent that lies within that distance of a tie between two codebook vectors can quantise to the
+# other one; benchmarks/resshift_speed.py counts such flips and checks each is a tie at that scale.
+# Not the Swin UNet: NHWC gains it ~3 % there, within noise. Switch: FEWSTEP_CHANNELS_LAST=0.
 CHANNELS_LAST_VQ = os.environ.get("FEWSTEP_CHANNELS_LAST", "1") != "0"
+
+
+# --------------------------------------------------------------------------------------------
+# Winograd 3x3 convolutions on the CPU (NNPACK)
+# --------------------------------------------------------------------------------------------
+# PyTorch's CPU convolutions (oneDNN) are direct: on a 2-core AVX-512 CPU the VQ's 3x3 convs
+# already run at ~95-105 % of the sgemm rate, so only fewer multiplies make them faster. NNPACK,
+# built into PyTorch's CPU wheels, has Winograd F(6x6, 3x3) (`torch._nnpack_spatial_convolution`;
+# PyTorch itself only routes batches of >= 16 there), 2.2-2.7x faster per conv on the VQ's shapes
+# (128-512 channels, 128-512 px maps), with rounding ~2e-5 relative per conv instead of ~1e-6
+# (benchmarks/conv_layouts.py). Through the whole model: VQ encoder latent 1.2e-5 from float64
+# (the NHWC path's GroupNorm gave 2.0e-5), decoded image 2.3e-5 relative; benchmarks/
+# resshift_speed.py checks the full pipeline against the reference within 1e-4. Inference only
+# (grad off), fp32, CPU, no autocast; anything else takes the module's own conv.
+# Switch: WINOGRAD, or FEWSTEP_WINOGRAD=0.
+WINOGRAD = os.environ.get("FEWSTEP_WINOGRAD", "1") != "0"
+_NNPACK: list[bool] = []
+
+
+def winograd_available() -> bool:
+    """Whether NNPACK runs on this CPU. The first call also initialises NNPACK (PyTorch does it
+    lazily in this same check), without which its convolution fails."""
+    if not _NNPACK:
+        try:
+            _NNPACK.append(bool(torch.backends.nnpack.is_available()))
+        except Exception:  # a build without NNPACK
+            _NNPACK.append(False)
+    return _NNPACK[0]
+
+
+# NNPACK is slower than oneDNN on small maps and thin convs (UNet at 128 -> 512: 72-91 GF/s
+# against 166-193 on 16x16 maps with 320-1280 channels, 69 against 134 for 6 -> 160 channels),
+# no faster on 32x32 maps (125-235 against 109-215), and 1.4-2.3x faster from 64x64 up; and each
+# switch between its thread pool and oneDNN's OpenMP threads costs (OpenMP threads spin-wait
+# after a parallel region: on 2 cores that took the UNet at 64 -> 256 from 0.68-0.87 s to
+# 0.83-0.91 s per step with 32x32 maps included). So maps under 64 px keep the direct kernel.
+WINOGRAD_MIN_SIDE, WINOGRAD_MIN_CHANNELS = 64, 32
+
+
+def _winograd_ok(conv: nn.Conv2d, x: torch.Tensor, scale: int = 1) -> bool:
+    return (WINOGRAD and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and min(x.shape[-2:]) * scale >= WINOGRAD_MIN_SIDE
+            and min(conv.in_channels, conv.out_channels) >= WINOGRAD_MIN_CHANNELS
+            and conv.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and winograd_available())
+
+
+class WinogradConv2d(nn.Conv2d):
+    """A 3x3, stride-1, padding-1 `nn.Conv2d` (same parameters and state dict) whose inference on
+    the CPU runs NNPACK's Winograd kernel. Made by `winograd_convs`, which swaps the class."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _winograd_ok(self, x):
+            weight = self.weight if self.weight.is_contiguous() else self.weight.contiguous()
+            # one image per call: NNPACK's batched entry point takes another algorithm, whose
+            # rounding would make an image depend on the batch (tiles) it was computed in
+            outs = [torch._nnpack_spatial_convolution(x[i:i + 1].contiguous(), weight, self.bias, [1, 1])
+                    for i in range(x.shape[0])]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
+        return super().forward(x)
+
+
+def _winograd_shape(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
+
+
+def winograd_convs(module: nn.Module) -> int:
+    """Turn every plain 3x3/stride-1/pad-1 conv of `module` into a `WinogradConv2d` (in place;
+    parameters, names and training behaviour unchanged). Returns how many were turned."""
+    n = 0
+    for m in module.modules():
+        if _winograd_shape(m):
+            m.__class__ = WinogradConv2d
+            n += 1
+    return n
+
+
+def winograd_active(conv: nn.Module, x: torch.Tensor, scale: int = 1) -> bool:
+    """Whether `conv` takes the Winograd path right now for `x` (upsampled `scale` times)."""
+    return isinstance(conv, WinogradConv2d) and _winograd_ok(conv, x, scale)
+
+
+# --------------------------------------------------------------------------------------------
+# 1x1-conv MLPs (the Swin blocks' fc1 -> GELU -> fc2) in cache-sized chunks on the CPU
+# --------------------------------------------------------------------------------------------
+# On a 128x128 map the 4x-wide hidden map (768 x 16384 floats, 50 MB) goes to memory and back
+# between fc1, GELU and fc2, and the two 1x1 convs run at 80-100 GFLOP/s. Done as two GEMMs per
+# 256 positions, the hidden chunk (768 KB) stays in cache: 62 ms against 158 ms per MLP at 128x128
+# (300 against 665 at 256x256), same result to fp32 rounding (5e-7). CPU inference only.
+# Switch: CHUNKED_MLP, or FEWSTEP_CHUNKED_MLP=0.
+CHUNKED_MLP = os.environ.get("FEWSTEP_CHUNKED_MLP", "1") != "0"
+MLP_CHUNK = 256
+
+
+def chunked_mlp_ok(x: torch.Tensor) -> bool:
+    return (CHUNKED_MLP and x.device.type == "cpu" and x.dim() == 4 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def chunked_mlp(x: torch.Tensor, fc1: nn.Conv2d, act: nn.Module, fc2: nn.Conv2d, chunk: int = MLP_CHUNK) -> torch.Tensor:
+    """fc2(act(fc1(x))) for 1x1 convs fc1, fc2 over an NCHW map, `chunk` positions at a time."""
+    b, c, h, w = x.shape
+    flat = x.contiguous().reshape(b, c, h * w)
+    w1 = fc1.weight.reshape(fc1.out_channels, c).to(x.dtype)
+    w2 = fc2.weight.reshape(fc2.out_channels, fc1.out_channels).to(x.dtype)
+    b1 = None if fc1.bias is None else fc1.bias.to(x.dtype)[:, None]
+    b2 = None if fc2.bias is None else fc2.bias.to(x.dtype)[:, None]
+    out = x.new_empty(b, fc2.out_channels, h * w)
+    for i in range(b):
+        for s in range(0, h * w, chunk):
+            cols = flat[i, :, s:s + chunk]  # a column block of a row-major matrix: no copy
+            hid = act(torch.addmm(b1, w1, cols) if b1 is not None else w1 @ cols)
+            if b2 is not None:
+                torch.addmm(b2, w2, hid, out=out[i, :, s:s + chunk])
+            else:
+                torch.mm(w2, hid, out=out[i, :, s:s + chunk])
+    return out.reshape(b, fc2.out_channels, h, w)
 
 
 def channels_last(module: nn.Module) -> nn.Module:
@@ -154,9 +276,10 @@ def uncompile_module(module: nn.Module) -> None:
 # Each output pixel parity (a, b) of conv3x3(nearest_x2(x)) sees only 2x2 distinct input pixels,
 # so the four parities are one 2x2 conv (C -> 4C) on the 1-padded low-resolution input, with
 # kernels that sum the 3x3 taps falling on the same input pixel. Same result up to the rounding of
-# those sums (~1e-7 relative); off by default (switch: FAST_UPSAMPLE, or FEWSTEP_FAST_UPSAMPLE=1)
-# until measured faster on a quiet machine.
-FAST_UPSAMPLE = os.environ.get("FEWSTEP_FAST_UPSAMPLE", "0") == "1"
+# those sums (~1e-7 relative, tests/test_benchmarks.py). On by default at inference (VQ decoder:
+# 16.1-17.1 s against 17.7-19.0 s per 128x128-latent decode, 2 threads; UNet ~5 %); switch:
+# FAST_UPSAMPLE, or FEWSTEP_FAST_UPSAMPLE=0. Training (grad enabled) keeps the two-op form.
+FAST_UPSAMPLE = os.environ.get("FEWSTEP_FAST_UPSAMPLE", "1") != "0"
 _TAP_GROUPS = (((0,), (1, 2)), ((0, 1), (2,)))  # parity -> (taps on input offset -1/0, on 0/+1)
 
 
@@ -179,7 +302,8 @@ def _phase_weight(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
         return cached[1], cached[2]
     w64 = w.detach().double()
     blocks = [_pair_sums(_pair_sums(w64, 2, a), 3, b) for a in range(2) for b in range(2)]
-    weight = torch.cat(blocks).to(w.dtype)
+    layout = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    weight = torch.cat(blocks).to(w.dtype).contiguous(memory_format=layout)  # the conv's layout (NHWC decoder)
     b4 = bias.detach().repeat(4) if bias is not None else None
     conv.__dict__["_fewstep_phase"] = (key, weight, b4)
     return weight, b4
@@ -197,7 +321,9 @@ def upsample2x_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     cout = conv.out_channels
     o = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), weight.to(x.dtype),
                                    None if bias is None else bias.to(x.dtype))  # (B, 4C, h+1, w+1)
-    y = x.new_empty(b, cout, 2 * h, 2 * w)
+    y = torch.empty((b, cout, 2 * h, 2 * w), dtype=o.dtype, device=o.device,
+                    memory_format=torch.channels_last if o.is_contiguous(memory_format=torch.channels_last)
+                    and not o.is_contiguous() else torch.contiguous_format)  # keep the conv's layout
     for a in range(2):
         for c in range(2):
             p = a * 2 + c
@@ -205,6 +331,8 @@ def upsample2x_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return y
 
 
-def fast_upsample_ok(conv: nn.Conv2d) -> bool:
-    return (FAST_UPSAMPLE and not torch.is_grad_enabled() and conv.kernel_size == (3, 3)
+def fast_upsample_ok(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    # a Winograd 3x3 conv on the upsampled map (2x the side of `x`) is faster than the 2x2 parity
+    # conv (2.05 s against 2.34 s for a 64x64-latent VQ decode)
+    return (FAST_UPSAMPLE and not torch.is_grad_enabled() and not winograd_active(conv, x, 2) and conv.kernel_size == (3, 3)
             and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.groups == 1 and conv.dilation == (1, 1))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import GroupNorm32, timestep_embedding
-from ..nn.speed import fast_upsample_ok, inplace_ok, upsample2x_conv3x3
+from ..nn.speed import chunked_mlp, chunked_mlp_ok, fast_upsample_ok, inplace_ok, upsample2x_conv3x3
 
 
 def normalization(channels: int) -> nn.Module:
@@ -61,7 +61,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x):
-        if fast_upsample_ok(self.conv):  # same map, 2.25x fewer FLOPs (fewstep.nn.speed.FAST_UPSAMPLE)
+        if fast_upsample_ok(self.conv, x):  # same map, 2.25x fewer FLOPs (fewstep.nn.speed.FAST_UPSAMPLE)
             return upsample2x_conv3x3(x, self.conv)
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
@@ -189,7 +189,10 @@ class SwinBlock(nn.Module):
             x = torch.roll(x, shifts=(s, s), dims=(2, 3))
         if inplace_ok():  # x is a fresh tensor here (window merge / roll), the MLP output too
             x = x.add_(shortcut)
-            return self.mlp(self.norm2(x)).add_(x)
+            h = self.norm2(x)
+            if chunked_mlp_ok(h):  # the wide hidden map in cache-sized pieces (fewstep.nn.speed)
+                return chunked_mlp(h, self.mlp.fc1, self.mlp.act, self.mlp.fc2).add_(x)
+            return self.mlp(h).add_(x)
         x = shortcut + x
         return x + self.mlp(self.norm2(x))
 
