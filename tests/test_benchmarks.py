@@ -290,6 +290,13 @@ def test_winograd_conv_matches_conv2d_at_inference_only():
         want, got = ref(x), convs(x)
         assert not torch.equal(got, want) and (got - want).abs().max() <= 1e-4 * want.abs().max()
         assert torch.equal(convs[0](x[1:]), convs[0](x)[1:])  # an image's result does not depend on its batch
+        whole = convs[0](x[:1])
+        for strip in (6, 12, 30):  # rows per call: horizontal strips give the same bytes as one call
+            speed.WINOGRAD_STRIP = strip * x.shape[-1] * (32 + 40)
+            try:
+                assert torch.equal(convs[0](x[:1]), whole)
+            finally:
+                speed.WINOGRAD_STRIP = 2 ** 26
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(convs[0](x), ref[0](x))
         speed.WINOGRAD = False
