@@ -139,9 +139,9 @@ CHANNELS_LAST_VQ = os.environ.get("FEWSTEP_CHANNELS_LAST", "1") != "0"
 # PyTorch's CPU convolutions (oneDNN) are direct: on a 2-core AVX-512 CPU the VQ's 3x3 convs
 # already run at ~95-105 % of the sgemm rate, so only fewer multiplies make them faster. NNPACK,
 # built into PyTorch's CPU wheels, has Winograd F(6x6, 3x3) (`torch._nnpack_spatial_convolution`;
-# PyTorch itself only routes batches of >= 16 there), 2.2-2.7x faster per conv on the VQ's shapes
-# (128-512 channels, 128-512 px maps), with rounding ~2e-5 relative per conv instead of ~1e-6
-# (benchmarks/conv_layouts.py). Through the whole model: VQ encoder latent 1.2e-5 from float64
+# PyTorch itself only routes batches of >= 16 there): 276-511 GFLOP/s effective on the VQ's shapes
+# (128-512 channels, 128-512 px maps) against 179-210 for oneDNN's NHWC kernels, with errors of
+# 1.3-1.8e-5 of the output's max per conv instead of 3e-7 (benchmarks/conv_layouts.py). Through the whole model: VQ encoder latent 1.2e-5 from float64
 # (the NHWC path's GroupNorm gave 2.0e-5), decoded image 2.3e-5 relative; benchmarks/
 # resshift_speed.py checks the full pipeline against the reference within 1e-4. Inference only
 # (grad off), fp32, CPU, no autocast; anything else takes the module's own conv.
