@@ -144,6 +144,17 @@ def test_flop_counter_counts_cpu_attention():
     assert fc.get_total_flops() == 4 * 64 * 64 * 16
 
 
+def _tiny_pipeline_parts():
+    import torch
+
+    from fewstep.resshift.unet import SwinUNet
+    from fewstep.resshift.vq import VQModel
+
+    bc = _load("bench_common")
+    torch.manual_seed(0)
+    return SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval(), bc
+
+
 def test_every_attention_runs_through_sdpa(monkeypatch):
     """Swin windows, the VQ mid-block attention and every diffusers attention use
     F.scaled_dot_product_attention (flash / memory-efficient kernels on a GPU), none a softmax."""
@@ -152,16 +163,13 @@ def test_every_attention_runs_through_sdpa(monkeypatch):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from fewstep.resshift.unet import SwinBlock, SwinUNet
-    from fewstep.resshift.vq import VQModel
+    from fewstep.resshift.unet import SwinBlock
 
-    bc = _load("bench_common")
     calls = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     monkeypatch.setattr(F, "softmax", lambda *a, **k: pytest.fail("explicit softmax attention"))
-    torch.manual_seed(0)
-    unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
+    unet, vq, bc = _tiny_pipeline_parts()
     with torch.no_grad():
         unet(torch.randn(1, 3, 16, 16), torch.tensor([1]), lq=torch.randn(1, 3, 16, 16))
         assert len(calls) == sum(isinstance(m, SwinBlock) for m in unet.modules()) > 0
@@ -183,12 +191,8 @@ def test_inplace_inference_path_is_bit_identical(autocast):
     import torch
 
     from fewstep.nn import speed
-    from fewstep.resshift.unet import SwinUNet
-    from fewstep.resshift.vq import VQModel
 
-    bc = _load("bench_common")
-    torch.manual_seed(0)
-    unet, vq = SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval()
+    unet, vq, _ = _tiny_pipeline_parts()
     x, lq, img = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 3, 32, 32)
     t = torch.tensor([1, 0])
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
@@ -252,17 +256,6 @@ def test_fast_upsample_equals_nearest_then_conv():
     with torch.no_grad():
         conv.weight.mul_(2)  # a weight changed in place is not served from the cache
         assert torch.allclose(speed.upsample2x_conv3x3(x, conv), conv(F.interpolate(x, scale_factor=2)), atol=1e-5)
-
-
-def _tiny_pipeline_parts():
-    import torch
-
-    from fewstep.resshift.unet import SwinUNet
-    from fewstep.resshift.vq import VQModel
-
-    bc = _load("bench_common")
-    torch.manual_seed(0)
-    return SwinUNet(**bc.TINY_UNET).eval(), VQModel(**bc.TINY_VQ).eval(), bc
 
 
 def test_winograd_conv_matches_conv2d_at_inference_only():
